@@ -1,0 +1,55 @@
+"""unstall: find what stalls your asyncio event loop, and move it off the loop.
+
+Offload blocking work::
+
+    result = await unstall.to_thread(requests.get, url)      # threads, for waiting
+    digest = await unstall.to_process(crunch, data)          # processes, for CPU work
+
+    @unstall.offload(limit=4, timeout=10)
+    def query(sql: str) -> list[Row]: ...
+
+Find what blocks the loop::
+
+    async with unstall.watch(threshold=0.1) as watcher:
+        ...
+    print(watcher.stalls)
+
+or, with no code change: ``unstall run app.py``.
+"""
+
+from __future__ import annotations
+
+from unstall import from_thread
+from unstall._iterate import iterate
+from unstall._limiter import Limiter
+from unstall._offload import offload
+from unstall._process_pool import ProcessPool, WorkerDiedError, to_process
+from unstall._stall import Frame, LoopInfo, Report, ReportError, Stall
+from unstall._strict import BlockingCallError, strict
+from unstall._thread_pool import ThreadPool, cancelled, to_thread
+from unstall._watcher import Watcher, watch
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BlockingCallError",
+    "Frame",
+    "Limiter",
+    "LoopInfo",
+    "ProcessPool",
+    "Report",
+    "ReportError",
+    "Stall",
+    "ThreadPool",
+    "Watcher",
+    "WorkerDiedError",
+    "__version__",
+    "cancelled",
+    "from_thread",
+    "iterate",
+    "offload",
+    "strict",
+    "to_process",
+    "to_thread",
+    "watch",
+]
