@@ -1,21 +1,437 @@
-"""STUB (owned by the thread-offload work, issue #2): ThreadPool, to_thread, cancelled."""
+"""Worker threads that run sync calls for asyncio code, with less overhead than executors.
+
+Why not ``loop.run_in_executor``: every call there pays for a ``concurrent.futures.Future``
+(with its own lock and condition), an asyncio future chained to it, and one
+``call_soon_threadsafe`` per result. Here a call is one small job object, one asyncio
+future from ``loop.create_future()`` and a put on a ``queue.SimpleQueue`` (implemented in
+C); results go back through the loop's :class:`~unstall._inbox.Inbox`, one wake-up per
+burst.
+
+Threads are started lazily (only when no worker is idle), capped at ``max_workers``,
+named ``<name>-N`` and retired after ``idle_timeout`` seconds without work. A forked child
+starts with fresh, empty pools.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, TypeVar
+import asyncio
+import contextvars
+import itertools
+import logging
+import math
+import os
+import queue
+import threading
+import types
+import weakref
+from collections.abc import Callable, Mapping
+from typing import Any, ParamSpec, TypeVar
+
+from unstall._checks import (
+    _describe,
+    validate_callable,
+    validate_positive_int,
+)
+from unstall._inbox import Inbox, inbox_for
+from unstall._target import CancelMode
+from unstall._worker_context import cancelled, set_current
+
+__all__ = ["DEFAULT_IDLE_TIMEOUT", "DEFAULT_MAX_WORKERS", "ThreadPool", "cancelled", "to_thread"]
 
 T = TypeVar("T")
+P = ParamSpec("P")
+
+DEFAULT_MAX_WORKERS = 40
+"""Thread cap of the default pool (as anyio): threads mostly wait on I/O, so more than
+``os.cpu_count()`` is useful, but an unbounded number is not."""
+
+DEFAULT_IDLE_TIMEOUT = 10.0
+"""Seconds a worker waits for work before it exits (pools of more than one thread)."""
+
+_logger = logging.getLogger("unstall")
+
+
+def _late_failure(func: object, exc: BaseException) -> None:
+    if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+        return
+    _logger.error(
+        "offloaded call %s raised after its caller stopped waiting for it",
+        _describe(func),
+        exc_info=exc,
+    )
+
+
+class _Job:
+    """One call: queued by the loop, run by a worker, settled back on the loop."""
+
+    __slots__ = (
+        "args",
+        "cancel_requested",
+        "claim",
+        "ctx",
+        "delivered",
+        "func",
+        "fut",
+        "inbox",
+        "kwargs",
+        "waiter",
+    )
+
+    def __init__(
+        self,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: Mapping[str, Any],
+        fut: asyncio.Future[Any],
+        inbox: Inbox,
+    ) -> None:
+        self.func = func
+        self.args = args
+        self.kwargs = kwargs
+        self.ctx = contextvars.copy_context()
+        self.fut = fut
+        self.inbox = inbox
+        # Whoever pops first owns the job: the worker (it runs) or the canceller (it never
+        # runs). list.pop is atomic, so no lock is needed for the race.
+        self.claim = [None]
+        self.cancel_requested = False
+        self.delivered = False
+        self.waiter: asyncio.Future[None] | None = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self.inbox.loop
+
+    def run(self) -> None:
+        """Worker thread: run the call unless it was cancelled while queued."""
+        try:
+            self.claim.pop()
+        except IndexError:
+            return
+        set_current(self)
+        try:
+            value = self.ctx.run(self.func, *self.args, **self.kwargs)
+            ok = True
+            if type(value) is types.CoroutineType:
+                value.close()
+                raise TypeError(
+                    f"{_describe(self.func)} returned a coroutine: await it directly "
+                    "instead of offloading it"
+                )
+        except BaseException as exc:
+            ok = False
+            value = _storable(exc)
+        finally:
+            set_current(None)
+        self.inbox.deliver(self, ok, value)
+        # The traceback keeps this frame alive: break the exception -> frame -> job cycle.
+        value = None
+        self = None  # type: ignore[assignment]
+
+    def settle(self, ok: bool, value: Any) -> None:
+        """Loop thread: resolve the caller's future, or account for an abandoned call."""
+        self.delivered = True
+        fut = self.fut
+        if not fut.cancelled():
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)
+            return
+        if not ok:
+            _late_failure(self.func, value)
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+def _storable(exc: BaseException) -> BaseException:
+    # Futures refuse StopIteration (it would end the awaiting coroutine silently).
+    if isinstance(exc, StopIteration):
+        wrapped = RuntimeError("the offloaded call raised StopIteration")
+        wrapped.__cause__ = exc
+        return wrapped
+    return exc
+
+
+class _Detached:
+    """A fire-and-forget call (no caller waits): failures are logged."""
+
+    __slots__ = ("func",)
+
+    def __init__(self, func: Callable[[], object]) -> None:
+        self.func = func
+
+    def run(self) -> None:
+        try:
+            self.func()
+        except BaseException as exc:
+            _late_failure(self.func, exc)
+
+
+_pools: weakref.WeakSet[ThreadPool] = weakref.WeakSet()
 
 
 class ThreadPool:
-    def __init__(self, max_workers: int | None = None, *, name: str = "unstall-worker") -> None:
-        raise NotImplementedError
+    """A bounded set of worker threads that run sync calls for asyncio code.
+
+    Args:
+        max_workers: the thread cap (default :data:`DEFAULT_MAX_WORKERS`, 40). With
+            ``max_workers=1`` every call runs on the same thread, in submission order:
+            the way to use a thread-bound resource such as a ``sqlite3`` connection.
+        name: thread name prefix; threads are named ``f"{name}-{n}"``.
+        idle_timeout: seconds an idle thread waits for work before it exits. Default:
+            :data:`DEFAULT_IDLE_TIMEOUT` (10 s), except for a single-thread pool, whose
+            thread is kept until :meth:`shutdown` (so a thread-bound resource keeps its
+            thread). ``math.inf`` keeps threads forever.
+
+    Raises:
+        TypeError, ValueError: for a non-int or < 1 ``max_workers``, an empty ``name``, a
+            non-positive ``idle_timeout``.
+
+    Cancellation: a call cancelled while queued never runs. Cancelling a running call
+    either returns at once (``cancel="abandon"``, the default; the result is discarded
+    and a later exception is logged to the ``unstall`` logger) or waits for it to finish
+    (``cancel="wait"``); either way :func:`unstall.cancelled` turns ``True`` in the worker.
+    Threads are daemon threads: calls still running at interpreter exit are not awaited.
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        *,
+        name: str = "unstall-worker",
+        idle_timeout: float | None = None,
+    ) -> None:
+        if max_workers is None:
+            max_workers = DEFAULT_MAX_WORKERS
+        self._max = validate_positive_int(max_workers, "max_workers")
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"name must be a non-empty str, got {name!r}")
+        self._name = name
+        self._idle_timeout = _check_idle_timeout(idle_timeout, self._max)
+        self._is_shutdown = False
+        self._init_state()
+        _pools.add(self)
+
+    def _init_state(self) -> None:
+        self._lock = threading.Lock()
+        self._queue: queue.SimpleQueue[_Job | _Detached | None] = queue.SimpleQueue()
+        # Invariant (under _lock): _idle == threads waiting for work - jobs in the queue.
+        # Negative means jobs wait for a busy thread.
+        self._idle = 0
+        self._threads: set[threading.Thread] = set()
+        self._counter = itertools.count(1)
+
+    @property
+    def max_workers(self) -> int:
+        """The thread cap."""
+        return self._max
+
+    @property
+    def name(self) -> str:
+        """The thread name prefix."""
+        return self._name
+
+    @property
+    def idle_timeout(self) -> float | None:
+        """Seconds before an idle thread exits; ``None``: never."""
+        return self._idle_timeout
+
+    @property
+    def thread_count(self) -> int:
+        """How many worker threads are alive now."""
+        with self._lock:
+            return len(self._threads)
+
+    def __repr__(self) -> str:
+        return (
+            f"<ThreadPool name={self._name!r} max_workers={self._max} "
+            f"threads={len(self._threads)}{' shut down' if self._is_shutdown else ''}>"
+        )
+
+    async def submit(
+        self,
+        func: Callable[..., T],
+        args: tuple[Any, ...],
+        kwargs: Mapping[str, Any],
+        *,
+        cancel: CancelMode = "abandon",
+    ) -> T:
+        """Run ``func(*args, **kwargs)`` in a worker thread (the ``OffloadTarget`` protocol).
+
+        The caller's context variables are copied into the worker. ``func`` is not
+        validated here (see :meth:`run`).
+
+        Raises:
+            RuntimeError: if the pool was shut down.
+            BaseException: whatever the call raised, with the worker's frames.
+            asyncio.CancelledError: when cancelled, as described on the class.
+        """
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+        job = _Job(func, args, kwargs, fut, inbox_for(loop))
+        self._put(job)
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            await _on_cancel(job, fut, cancel)
+            raise
+
+    async def run(self, func: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run ``func(*args, **kwargs)`` in this pool and return its result.
+
+        Same as :func:`to_thread` but on this pool.
+
+        Raises:
+            TypeError: ``func`` is not callable or is an ``async def`` function.
+            RuntimeError: the pool was shut down.
+        """
+        validate_callable(func)
+        return await self.submit(func, args, kwargs)
+
+    def spawn_detached(self, func: Callable[[], object]) -> None:
+        """Run ``func()`` in this pool without waiting for it; failures are logged."""
+        self._put(_Detached(func))
+
+    def _put(self, job: _Job | _Detached) -> None:
+        with self._lock:
+            if self._is_shutdown:
+                raise RuntimeError(f"{self!r} is shut down: it cannot run new calls")
+            self._queue.put(job)
+            self._idle -= 1
+            if self._idle >= 0 or len(self._threads) >= self._max:
+                return
+            self._idle += 1
+            thread = threading.Thread(
+                target=self._work, name=f"{self._name}-{next(self._counter)}", daemon=True
+            )
+            self._threads.add(thread)
+        thread.start()
+
+    def _work(self) -> None:
+        get = self._queue.get
+        timeout = self._idle_timeout
+        while True:
+            try:
+                job = get(timeout=timeout)
+            except queue.Empty:
+                with self._lock:
+                    if self._queue.empty():
+                        self._idle -= 1
+                        self._threads.discard(threading.current_thread())
+                        return
+                continue
+            if job is None:  # shutdown
+                with self._lock:
+                    self._threads.discard(threading.current_thread())
+                return
+            job.run()
+            del job
+            with self._lock:
+                self._idle += 1
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop accepting calls; threads exit after running the calls already queued.
+
+        Args:
+            wait: block until every thread has exited (not from one of its own threads).
+        """
+        with self._lock:
+            if not self._is_shutdown:
+                self._is_shutdown = True
+                for _ in self._threads:
+                    self._queue.put(None)
+            threads = list(self._threads)
+        if wait:
+            me = threading.current_thread()
+            for thread in threads:
+                if thread is not me:
+                    thread.join()
+
+    def __enter__(self) -> ThreadPool:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.shutdown(wait=True)
 
 
-async def to_thread(func: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-    raise NotImplementedError
+def _check_idle_timeout(value: float | None, max_workers: int) -> float | None:
+    if value is None:
+        return None if max_workers == 1 else DEFAULT_IDLE_TIMEOUT
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"idle_timeout must be a number of seconds or None, got {value!r}")
+    if math.isnan(value) or value <= 0:
+        raise ValueError(f"idle_timeout must be a positive number of seconds, got {value!r}")
+    return None if math.isinf(value) else float(value)
 
 
-def cancelled() -> bool:
-    raise NotImplementedError
+async def _on_cancel(job: _Job, fut: asyncio.Future[Any], cancel: CancelMode) -> None:
+    """The caller was cancelled while awaiting ``job``; apply the cancel mode."""
+    job.cancel_requested = True
+    try:
+        job.claim.pop()
+    except IndexError:
+        pass
+    else:
+        return  # still queued: it will never run
+    if fut.done() and not fut.cancelled():
+        # Finished, but the cancellation arrived first: do not lose a failure.
+        exc = fut.exception()
+        if exc is not None:
+            _late_failure(job.func, exc)
+        return
+    if cancel != "wait" or job.delivered:
+        return
+    waiter = job.loop.create_future()
+    job.waiter = waiter
+    while not waiter.done():
+        try:
+            await asyncio.shield(waiter)
+        except asyncio.CancelledError:
+            continue
+
+
+_default: ThreadPool | None = None
+_default_lock = threading.Lock()
+
+
+def default_thread_pool() -> ThreadPool:
+    """The process-wide pool behind :func:`to_thread` and ``offload(on=None)``."""
+    global _default
+    if _default is None:
+        with _default_lock:
+            if _default is None:
+                _default = ThreadPool()
+    return _default
+
+
+async def to_thread(func: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+    """Run ``func(*args, **kwargs)`` in a worker thread; a faster ``asyncio.to_thread``.
+
+    A drop-in for :func:`asyncio.to_thread`: same arguments, the caller's context variables
+    are copied into the worker, the call's exception is re-raised with the worker's frames
+    in its traceback. Runs on the default pool (up to :data:`DEFAULT_MAX_WORKERS` threads).
+
+    Raises:
+        TypeError: ``func`` is ``None``, not callable, or an ``async def`` function (await
+            it directly), or it returned a coroutine.
+        asyncio.CancelledError: if the awaiting task is cancelled. A queued call then never
+            runs; a running call is abandoned (its result discarded, a later exception
+            logged to the ``unstall`` logger) and :func:`unstall.cancelled` turns ``True``
+            inside it.
+    """
+    validate_callable(func)
+    pool = _default or default_thread_pool()
+    return await pool.submit(func, args, kwargs)
+
+
+def _reset_after_fork() -> None:
+    # Worker threads do not survive fork and locks may be held: start every pool afresh.
+    global _default_lock
+    _default_lock = threading.Lock()
+    for pool in list(_pools):
+        pool._init_state()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)

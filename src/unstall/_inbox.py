@@ -1,0 +1,86 @@
+"""Results coming back to an event loop from worker threads, one wake-up per burst.
+
+``asyncio.to_thread`` pays one ``call_soon_threadsafe`` (a self-pipe write and a loop
+wake-up) per finished call. Here a worker appends its outcome to the loop's inbox and
+schedules a drain only when the inbox was empty, so a burst of N results costs one
+wake-up; the drain then settles every result in one loop iteration.
+
+A closed loop cannot be woken: its results are dropped quietly (nobody is left to take
+them), instead of the "Event loop is closed" traceback executors print.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import weakref
+from typing import Any, Protocol
+
+
+class Settleable(Protocol):
+    def settle(self, ok: bool, value: Any) -> None: ...
+
+
+class Inbox:
+    """The pending results of one event loop."""
+
+    __slots__ = ("__weakref__", "_lock", "_pending", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._lock = threading.Lock()
+        self._pending: list[tuple[Settleable, bool, Any]] = []
+
+    def deliver(self, job: Settleable, ok: bool, value: Any) -> None:
+        """Called by a worker thread: hand ``job``'s outcome to the loop."""
+        with self._lock:
+            pending = self._pending
+            pending.append((job, ok, value))
+            if len(pending) > 1:
+                # A drain is already scheduled, unless the loop died before running it.
+                if self.loop.is_closed():
+                    pending.clear()
+                return
+        try:
+            self.loop.call_soon_threadsafe(self._drain)
+        except RuntimeError:  # the loop is closed
+            with self._lock:
+                self._pending.clear()
+
+    def _drain(self) -> None:
+        with self._lock:
+            items = self._pending
+            self._pending = []
+        for job, ok, value in items:
+            job.settle(ok, value)
+
+
+_registry: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Inbox] = weakref.WeakKeyDictionary()
+_registry_lock = threading.Lock()
+_last: Inbox | None = None
+
+
+def inbox_for(loop: asyncio.AbstractEventLoop) -> Inbox:
+    """The inbox of ``loop`` (created on first use, dropped with the loop)."""
+    global _last
+    last = _last
+    if last is not None and last.loop is loop:
+        return last
+    with _registry_lock:
+        inbox = _registry.get(loop)
+        if inbox is None:
+            inbox = _registry[loop] = Inbox(loop)
+    _last = inbox
+    return inbox
+
+
+def _reset_after_fork() -> None:
+    # The parent's loops and locks mean nothing in the child: start clean.
+    global _registry, _registry_lock, _last
+    _registry = weakref.WeakKeyDictionary()
+    _registry_lock = threading.Lock()
+    _last = None
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
