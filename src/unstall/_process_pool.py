@@ -170,6 +170,15 @@ def _default_start_method() -> str:
     return "forkserver" if sys.platform == "linux" and "forkserver" in methods else "spawn"
 
 
+_forkserver_inherited = False
+"""Set in a forked child whose parent had started multiprocessing's forkserver: that
+forkserver belongs to the parent and multiprocessing cannot start another one here."""
+
+
+def _usable(method: str) -> str:
+    return "spawn" if method == "forkserver" and _forkserver_inherited else method
+
+
 class ProcessPool:
     """A bounded pool of worker processes, for CPU-bound calls from asyncio.
 
@@ -209,7 +218,7 @@ class ProcessPool:
         self.max_workers = max_workers
         self.start_method = method
         self.name = name
-        self._ctx: Any = multiprocessing.get_context(method)
+        self._ctx: Any = multiprocessing.get_context(_usable(method))
         self._lock = threading.Lock()
         self._idle: list[_Worker] = []
         self._busy: set[_Worker] = set()
@@ -536,6 +545,7 @@ class ProcessPool:
         self._slots = 0
         self._lock = threading.Lock()
         self._pid = os.getpid()
+        self._ctx = multiprocessing.get_context(_usable(self.start_method))
 
 
 _RETRY: Final = object()
@@ -709,8 +719,14 @@ def _shutdown_all() -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _default
+    global _default, _forkserver_inherited
     _default = None
+    if sys.platform != "win32":
+        from multiprocessing import forkserver
+
+        server = getattr(forkserver, "_forkserver", None)
+        if getattr(server, "_forkserver_pid", None) is not None:
+            _forkserver_inherited = True
     _dying.clear()
     for pool in list(_pools):
         pool._after_fork_in_child()
