@@ -19,7 +19,6 @@ import pytest
 import unstall
 from unstall._process_pool import ProcessPool, RemoteTraceback, WorkerDiedError
 
-
 # -- functions run in the workers ----------------------------------------------------------
 
 
@@ -197,7 +196,7 @@ async def test_system_exit_in_a_call_does_not_kill_the_worker(pool: ProcessPool)
 
 @pytest.mark.asyncio
 async def test_unpicklable_argument_fails_at_the_call(pool: ProcessPool) -> None:
-    with pytest.raises(TypeError, match="cannot send argument 1 of .*add .*lock"):
+    with pytest.raises(TypeError, match=r"cannot send argument 1 of .*add .*lock"):
         await pool.submit(add, (1, threading.Lock()), {})
     with pytest.raises(TypeError, match="keyword argument 'b'"):
         await pool.submit(add, (1,), {"b": threading.Lock()})
@@ -211,7 +210,7 @@ async def test_unpicklable_function_fails_at_the_call(pool: ProcessPool) -> None
     def holds_lock() -> bool:
         return lock.locked()
 
-    with pytest.raises(TypeError, match="cannot send the function .*holds_lock"):
+    with pytest.raises(TypeError, match=r"cannot send the function .*holds_lock"):
         await pool.submit(holds_lock, (), {})
     assert await pool.submit(add, (2, 2), {}) == 4
 
@@ -219,7 +218,7 @@ async def test_unpicklable_function_fails_at_the_call(pool: ProcessPool) -> None
 @pytest.mark.asyncio
 async def test_unpicklable_result_fails_that_call_only(pool: ProcessPool) -> None:
     worker = await pool.submit(pid, (), {})
-    with pytest.raises(TypeError, match="result of .*make_lock .*cannot be sent back"):
+    with pytest.raises(TypeError, match=r"result of .*make_lock .*cannot be sent back"):
         await pool.submit(make_lock, (), {})
     assert await pool.submit(pid, (), {}) == worker  # same worker, still healthy
 
