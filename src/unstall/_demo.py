@@ -274,7 +274,7 @@ def main(argv: list[str]) -> int:
     try:
         parsed = _parse(argv)
     except ValueError as exc:
-        print(f"unstall demo: {exc}\n{USAGE}", file=sys.stderr)
+        print(f"unstall demo: {exc} ({USAGE})", file=sys.stderr)
         return 2
     if parsed is None:
         print(

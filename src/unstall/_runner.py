@@ -156,7 +156,7 @@ def _prepare_path(script: str) -> Program:
     if not os.path.exists(script):
         raise UsageError(f"can't open file {os.path.abspath(script)!r}: no such file")
     if os.path.isdir(script) or _is_zip(script):
-        spec = importlib.machinery.PathFinder.find_spec("__main__", [script])
+        spec = importlib.machinery.PathFinder.find_spec("__main__", [os.path.abspath(script)])
         if spec is None or spec.loader is None:
             raise UsageError(f"can't find '__main__' module in {script!r}")
         return Program(_code_of(spec), script, os.path.abspath(script), _spec_attrs(spec, ""))
@@ -167,22 +167,27 @@ def _prepare_path(script: str) -> Program:
     else:
         loader = importlib.machinery.SourceFileLoader("__main__", path)
     try:
-        with open(path, "rb") as f:
-            source = f.read()
-        code = (
-            loader.get_code("__main__")
-            if path.endswith(".pyc")
-            else compile(source, path, "exec", dont_inherit=True)
-        )
+        code = _compile_file(path, loader)
     except OSError as exc:
         raise UsageError(f"can't open file {path!r}: {exc.strerror or exc}") from None
-    except (SyntaxError, ValueError, ImportError, EOFError) as exc:
-        if isinstance(exc, SyntaxError):
-            raise  # python reports these with a traceback, so do we
+    except SyntaxError:
+        raise  # python reports these without a traceback and exit 1; main() does the same
+    except (ValueError, ImportError, EOFError) as exc:
         raise UsageError(f"can't run {path!r}: {exc}") from None
     attrs = {"__file__": path, "__loader__": loader, "__spec__": None, "__package__": None}
     attrs["__cached__"] = None
     return Program(code, script, os.path.dirname(os.path.realpath(path)), attrs)
+
+
+def _compile_file(path: str, loader: importlib.abc.FileLoader) -> types.CodeType:
+    if isinstance(loader, importlib.machinery.SourcelessFileLoader):
+        code = loader.get_code("__main__")
+        if code is None:
+            raise ImportError("no code object in the file")
+        return code
+    with open(path, "rb") as f:
+        source = f.read()
+    return compile(source, path, "exec", dont_inherit=True)
 
 
 def _prepare_module(name: str) -> Program:

@@ -1,0 +1,558 @@
+"""``unstall run``: transparent to the program, watches its loops, reports at every kind of exit.
+
+Every transparency test runs the same program twice, with ``python`` and with
+``python -m unstall run``, in real subprocesses, and compares what the program saw and did.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from unstall import Report
+from unstall._runner import Options, UsageError, parse_args
+
+PY = sys.executable
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "PYTHONWARNINGS")}
+    env["NO_COLOR"] = "1"
+    return env
+
+
+def run_python(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PY, *args], cwd=cwd, env=_env(), capture_output=True, text=True, timeout=120
+    )
+
+
+def run_unstall(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PY, "-m", "unstall", "run", *args],
+        cwd=cwd,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def split_report(stderr: str) -> tuple[str, str]:
+    """The program's own stderr, and what unstall printed at the end."""
+    index = stderr.find("unstall: the ")
+    assert index >= 0, f"no unstall summary in stderr:\n{stderr}"
+    return stderr[:index], stderr[index:]
+
+
+def write(path: Path, source: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(source), encoding="utf-8")
+    return path
+
+
+def line_of(path: Path, needle: str) -> int:
+    lines = path.read_text().splitlines()
+    return next(i for i, text in enumerate(lines, 1) if needle in text)
+
+
+def assert_same_run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``args`` with python and under unstall; same stdout, stderr and exit status."""
+    plain = run_python(args, cwd)
+    watched = run_unstall(args, cwd)
+    assert watched.returncode == plain.returncode, watched.stderr
+    assert watched.stdout == plain.stdout
+    own, summary = split_report(watched.stderr)
+    assert own == plain.stderr
+    assert summary.startswith("unstall: the loop never stalled above 0.1 s")
+    assert "Traceback" not in summary
+    return watched
+
+
+# --- argument parsing ---------------------------------------------------------------------------
+
+
+def test_options_after_the_script_belong_to_the_script() -> None:
+    opts = parse_args(["--threshold", "0.5", "--json", "r.json", "app.py", "--json", "x", "-m"])
+    assert opts == Options(
+        threshold=0.5, json="r.json", script="app.py", args=["--json", "x", "-m"]
+    )
+
+
+def test_module_form_and_inline_values() -> None:
+    opts = parse_args(["--threshold=0.2", "--quiet", "-m", "pkg.mod", "--quiet", "a"])
+    assert opts is not None
+    assert (opts.threshold, opts.quiet, opts.module, opts.args) == (
+        0.2,
+        True,
+        "pkg.mod",
+        ["--quiet", "a"],
+    )
+    opts = parse_args(["-mhttp.server", "8000"])
+    assert opts is not None
+    assert (opts.module, opts.args) == ("http.server", ["8000"])
+    opts = parse_args(["--", "-weird-name.py", "x"])
+    assert opts is not None
+    assert (opts.script, opts.args) == ("-weird-name.py", ["x"])
+    assert parse_args(["--help"]) is None
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "no script or -m module given"),
+        (["--threshold", "-1", "a.py"], "positive number"),
+        (["--threshold", "0", "a.py"], "positive number"),
+        (["--threshold", "nan", "a.py"], "positive number"),
+        (["--threshold", "soon", "a.py"], "must be a number of seconds, not 'soon'"),
+        (["--threshold"], "--threshold needs a value"),
+        (["--frobnicate", "a.py"], "unknown option '--frobnicate'"),
+        (["-m"], "-m needs a module name"),
+    ],
+)
+def test_bad_arguments_are_usage_errors(argv: list[str], message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        parse_args(argv)
+
+
+# --- bad input on the command line: one line, exit 2 ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["missing.py"], "can't open file"),
+        (["-m", "no_such_module_here"], "no module named no_such_module_here"),
+        (["-m", "pkg_without_main"], "'pkg_without_main' is a package and cannot be run"),
+        (["-m", "no_such_pkg.sub"], "no_such_pkg"),
+        (["empty_dir"], "can't find '__main__' module in 'empty_dir'"),
+        (["--threshold", "-0.5", "ok.py"], "--threshold must be a positive number"),
+        (["--threshold", "fast", "ok.py"], "--threshold must be a number of seconds"),
+        (["--verbose", "ok.py"], "unknown option '--verbose'"),
+        (["--json", "no/such/dir/r.json", "ok.py"], "does not exist"),
+        (["--json", "a_dir", "ok.py"], "is a directory"),
+        (["--json", "/proc/r.json", "ok.py"], "cannot write --json"),
+        (["--html", "no/such/dir/r.html", "ok.py"], "does not exist"),
+    ],
+)
+def test_bad_input_is_one_clear_line_and_exit_2(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    write(tmp_path / "ok.py", "print('ran')\n")
+    write(tmp_path / "pkg_without_main" / "__init__.py", "")
+    (tmp_path / "empty_dir").mkdir()
+    (tmp_path / "a_dir").mkdir()
+    proc = run_unstall(args, tmp_path)
+    assert proc.returncode == 2
+    assert proc.stdout == ""  # the program never ran
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("unstall run: ")
+    assert message in lines[0]
+
+
+def test_unwritable_json_path_is_refused_before_the_program_runs(tmp_path: Path) -> None:
+    if os.geteuid() == 0:
+        target = "/proc/report.json"  # even root cannot create files there
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        target = str(locked / "report.json")
+    write(tmp_path / "ok.py", "print('ran')\n")
+    proc = run_unstall(["--json", target, "ok.py"], tmp_path)
+    assert proc.returncode == 2
+    assert "ran" not in proc.stdout
+    assert proc.stderr.startswith("unstall run: ")
+
+
+# --- transparency --------------------------------------------------------------------------------
+
+PROBE = """\
+import json, os, pickle, sys
+
+class Point:
+    def __init__(self, x):
+        self.x = x
+
+seen = {
+    "argv": sys.argv,
+    "path0": sys.path[0],
+    "name": __name__,
+    "file": __file__,
+    "package": __package__,
+    "spec": None if __spec__ is None else __spec__.name,
+    "cached": globals().get("__cached__"),
+    "main_is_me": sys.modules["__main__"].__dict__ is globals(),
+    "pickled": pickle.loads(pickle.dumps(Point(3))).x,
+}
+print(json.dumps(seen))
+print("to stderr", file=sys.stderr)
+"""
+
+
+def test_script_sees_what_python_gives_it(tmp_path: Path) -> None:
+    write(tmp_path / "app" / "probe.py", PROBE)
+    args = ["app/probe.py", "--json", "x.json", "-m", "--quiet", "--", "é"]
+    watched = assert_same_run(args, tmp_path)
+    seen = json.loads(watched.stdout)
+    assert seen["argv"] == args
+    assert seen["path0"] == str(tmp_path / "app")
+    assert seen["name"] == "__main__"
+    assert seen["file"] == str(tmp_path / "app" / "probe.py")
+    assert (seen["package"], seen["spec"], seen["cached"]) == (None, None, None)
+    assert seen["main_is_me"] is True
+    assert seen["pickled"] == 3
+    assert not (tmp_path / "x.json").exists()  # the script's --json was not ours
+
+
+def test_script_through_a_symlink_gets_the_real_directory(tmp_path: Path) -> None:
+    write(tmp_path / "real" / "probe.py", PROBE)
+    (tmp_path / "link.py").symlink_to(tmp_path / "real" / "probe.py")
+    watched = assert_same_run(["link.py"], tmp_path)
+    assert json.loads(watched.stdout)["path0"] == str(tmp_path / "real")
+
+
+def test_module_sees_what_python_dash_m_gives_it(tmp_path: Path) -> None:
+    write(tmp_path / "tools" / "__init__.py", "")
+    write(tmp_path / "tools" / "probe.py", PROBE)
+    watched = assert_same_run(["-m", "tools.probe", "a", "--b"], tmp_path)
+    seen = json.loads(watched.stdout)
+    assert seen["argv"] == [str(tmp_path / "tools" / "probe.py"), "a", "--b"]
+    assert seen["path0"] == str(tmp_path)
+    assert (seen["name"], seen["package"], seen["spec"]) == ("__main__", "tools", "tools.probe")
+    assert seen["pickled"] == 3
+
+
+def test_package_with_dunder_main(tmp_path: Path) -> None:
+    write(tmp_path / "tool" / "__init__.py", "")
+    write(tmp_path / "tool" / "__main__.py", PROBE)
+    seen = json.loads(assert_same_run(["-m", "tool", "x"], tmp_path).stdout)
+    assert seen["spec"] == "tool.__main__"
+    assert seen["argv"] == [str(tmp_path / "tool" / "__main__.py"), "x"]
+
+
+def test_directory_and_zip_with_dunder_main(tmp_path: Path) -> None:
+    write(tmp_path / "appdir" / "__main__.py", PROBE)
+    seen = json.loads(assert_same_run(["appdir", "1"], tmp_path).stdout)
+    assert (seen["argv"], seen["path0"]) == (["appdir", "1"], str(tmp_path / "appdir"))
+    with zipfile.ZipFile(tmp_path / "app.pyz", "w") as zf:
+        zf.writestr("__main__.py", PROBE)
+    seen = json.loads(assert_same_run(["app.pyz"], tmp_path).stdout)
+    assert seen["path0"] == "app.pyz" or seen["path0"].endswith("app.pyz")
+
+
+def test_multiprocessing_spawn_can_import_main_functions(tmp_path: Path) -> None:
+    write(
+        tmp_path / "mp.py",
+        """\
+        import multiprocessing
+
+        def square(x):
+            return x * x
+
+        if __name__ == "__main__":
+            with multiprocessing.get_context("spawn").Pool(1) as pool:
+                print(pool.map(square, [1, 2, 3]))
+        """,
+    )
+    assert assert_same_run(["mp.py"], tmp_path).stdout == "[1, 4, 9]\n"
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ("print('done')", 0),
+        ("import sys; sys.exit(3)", 3),
+        ("raise SystemExit", 0),
+        ("import sys; sys.exit('bye: something went wrong')", 1),
+        ("import os, sys; print('partial', flush=True); os._exit(7)", 7),
+        ("def inner():\n    raise ValueError('bad value')\n\ninner()", 1),
+        ("import sys\nsys.excepthook = lambda *a: print('custom hook', a[0].__name__)\n1/0", 1),
+        ("raise RuntimeError('outer') from KeyError('inner')", 1),
+    ],
+)
+def test_exit_status_output_and_traceback_match_python(
+    tmp_path: Path, body: str, code: int
+) -> None:
+    write(
+        tmp_path / "prog.py", "import atexit\natexit.register(print, 'user atexit')\n" + body + "\n"
+    )
+    plain = run_python(["prog.py"], tmp_path)
+    assert plain.returncode == code
+    if "os._exit" in body:  # no atexit at all: nothing to add, nothing to lose
+        watched = run_unstall(["prog.py"], tmp_path)
+        assert (watched.returncode, watched.stdout) == (7, plain.stdout)
+        return
+    watched = assert_same_run(["prog.py"], tmp_path)
+    assert "unstall" not in split_report(watched.stderr)[0]  # no frame of ours in a traceback
+
+
+def test_syntax_error_is_reported_like_python(tmp_path: Path) -> None:
+    write(tmp_path / "broken.py", "def f(:\n    pass\n")
+    plain = run_python(["broken.py"], tmp_path)
+    watched = run_unstall(["broken.py"], tmp_path)
+    assert watched.returncode == plain.returncode == 1
+    assert watched.stderr == plain.stderr
+    assert "SyntaxError" in watched.stderr
+
+
+def test_uncaught_keyboard_interrupt_ends_by_sigint_like_python(tmp_path: Path) -> None:
+    write(tmp_path / "ki.py", "raise KeyboardInterrupt\n")
+    plain = run_python(["ki.py"], tmp_path)
+    watched = run_unstall(["ki.py"], tmp_path)
+    assert watched.returncode == plain.returncode == -signal.SIGINT
+    own, summary = split_report(watched.stderr)
+    assert own == plain.stderr
+    assert summary.startswith("unstall: the loop never stalled")
+
+
+def test_help(tmp_path: Path) -> None:
+    proc = run_unstall(["--help"], tmp_path)
+    assert proc.returncode == 0
+    assert proc.stdout.startswith("usage: unstall run")
+    assert "--threshold" in proc.stdout
+
+
+# --- watching ------------------------------------------------------------------------------------
+
+BLOCKER = """\
+import asyncio, sys, time
+
+def slow_function(seconds):
+    time.sleep(seconds)
+
+async def blocked():
+    slow_function(float(sys.argv[1]))
+
+async def ticker():
+    for _ in range(3):
+        await asyncio.sleep(0.01)
+
+async def main():
+    await asyncio.gather(blocked(), ticker())
+
+asyncio.run(main())
+print("program done")
+"""
+
+
+def test_summary_and_json_name_the_blocking_line(tmp_path: Path) -> None:
+    app = write(tmp_path / "app.py", BLOCKER + "import sys; sys.exit(3)\n")
+    proc = run_unstall(["--json", "report.json", "app.py", "0.5"], tmp_path)
+    assert proc.returncode == 3
+    assert proc.stdout == "program done\n"
+    line = line_of(app, "time.sleep(seconds)")
+    _, summary = split_report(proc.stderr)
+    assert "stalled once" in summary
+    assert f"app.py:{line} in slow_function" in summary
+    assert f"{line} | time.sleep(seconds)" in summary
+    assert "call: time.sleep" in summary
+    assert "await unstall.to_thread(" in summary
+    report = Report.read(tmp_path / "report.json")
+    assert len(report.stalls) == 1
+    stall = report.stalls[0]
+    assert stall.culprit is not None
+    assert (stall.culprit.file, stall.culprit.line) == (str(app), line)
+    assert stall.culprit.function == "slow_function"
+    assert stall.call == "time.sleep"
+    assert 0.4 <= stall.duration_s < 3.0
+    assert stall.ongoing is False
+    assert report.argv == ["app.py", "0.5"]
+    assert report.threshold_s == 0.1
+    raw = json.loads((tmp_path / "report.json").read_text())
+    assert {"version", "threshold_s", "stalls"} <= raw.keys()
+
+
+def test_json_is_written_when_the_program_raises(tmp_path: Path) -> None:
+    app = write(tmp_path / "app.py", BLOCKER + "raise RuntimeError('after the stall')\n")
+    proc = run_unstall(["--json", "r.json", "app.py", "0.3"], tmp_path)
+    assert proc.returncode == 1
+    assert "RuntimeError: after the stall" in proc.stderr
+    stalls = Report.read(tmp_path / "r.json").stalls
+    assert [s.culprit.line for s in stalls if s.culprit] == [line_of(app, "time.sleep(seconds)")]
+
+
+def test_threshold_option_filters_short_blocks(tmp_path: Path) -> None:
+    write(tmp_path / "app.py", BLOCKER)
+    proc = run_unstall(["--threshold", "2", "--json", "r.json", "app.py", "0.3"], tmp_path)
+    assert proc.returncode == 0
+    assert "never stalled above 2 s" in proc.stderr
+    assert Report.read(tmp_path / "r.json").stalls == []
+
+
+def test_live_lines_during_a_hang_and_quiet_hides_them(tmp_path: Path) -> None:
+    app = write(tmp_path / "app.py", BLOCKER)
+    line = line_of(app, "time.sleep(seconds)")
+    loud = run_unstall(["app.py", "1.3"], tmp_path)
+    live = [text for text in loud.stderr.splitlines() if "stuck for" in text]
+    assert live, loud.stderr
+    assert live[0].startswith("unstall: loop in MainThread stuck for ")
+    assert live[0].endswith(f"at app.py:{line} in slow_function: time.sleep(seconds)")
+    quiet = run_unstall(["--quiet", "app.py", "1.3"], tmp_path)
+    assert "stuck for" not in quiet.stderr
+    assert f"app.py:{line} in slow_function" in quiet.stderr
+
+
+HANG_THEN_EXIT = """\
+import asyncio, os, threading, time
+
+def stuck_forever():
+    time.sleep(60)
+
+async def main():
+    stuck_forever()
+
+threading.Timer(float(os.environ.get("KILL_AFTER", "2.5")), os._exit, args=(9,)).start()
+asyncio.run(main())
+"""
+
+
+@pytest.mark.slow
+def test_os_exit_during_a_hang_leaves_a_json_naming_the_line(tmp_path: Path) -> None:
+    app = write(tmp_path / "hang.py", HANG_THEN_EXIT)
+    proc = run_unstall(["--json", "r.json", "hang.py"], tmp_path)
+    assert proc.returncode == 9
+    assert "stuck for" in proc.stderr  # the live line came before the end
+    report = Report.read(tmp_path / "r.json")
+    assert len(report.stalls) == 1
+    stall = report.stalls[0]
+    assert stall.ongoing is True
+    assert stall.culprit is not None
+    assert (stall.culprit.line, stall.culprit.function) == (
+        line_of(app, "time.sleep(60)"),
+        "stuck_forever",
+    )
+    assert stall.duration_s >= 0.1
+
+
+HANG_BY_HAND = """\
+import asyncio, time
+
+def stuck_forever():
+    time.sleep(60)
+
+async def handler():
+    stuck_forever()
+
+loop = asyncio.new_event_loop()
+loop.run_until_complete(handler())
+"""
+
+
+def _wait_for_line(
+    stream: list[str], needle: str, proc: subprocess.Popen[str], timeout: float
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not any(needle in text for text in stream):
+        assert proc.poll() is None, "".join(stream)
+        assert time.monotonic() < deadline, "".join(stream)
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_hang_interrupts_the_program_and_prints_the_report(tmp_path: Path) -> None:
+    app = write(tmp_path / "hang.py", HANG_BY_HAND)
+    proc = subprocess.Popen(
+        [PY, "-m", "unstall", "run", "--json", "r.json", "hang.py"],
+        cwd=tmp_path,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    err: list[str] = []
+    reader = threading.Thread(target=lambda: err.extend(iter(proc.stderr.readline, "")))  # type: ignore[union-attr]
+    reader.start()
+    try:
+        _wait_for_line(err, "stuck for", proc, timeout=30)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        reader.join()
+    stderr = "".join(err)
+    assert proc.returncode == -signal.SIGINT  # as python itself ends on an uncaught Ctrl-C
+    assert "KeyboardInterrupt" in stderr
+    line = line_of(app, "time.sleep(60)")
+    _, summary = split_report(stderr)
+    assert f"hang.py:{line} in stuck_forever" in summary
+    stalls = Report.read(tmp_path / "r.json").stalls
+    assert [(s.culprit.line if s.culprit else None) for s in stalls] == [line]
+
+
+def test_loops_in_other_threads_and_uvloop_are_watched(tmp_path: Path) -> None:
+    pytest.importorskip("uvloop", reason="uvloop is part of the test extras")
+    app = write(
+        tmp_path / "threads.py",
+        """\
+        import asyncio, threading, time
+        import uvloop
+
+        def in_worker_thread():
+            time.sleep(0.4)
+
+        def in_uvloop():
+            time.sleep(0.3)
+
+        async def worker():
+            in_worker_thread()
+
+        async def healthy():
+            for _ in range(20):
+                await asyncio.sleep(0.01)
+
+        thread = threading.Thread(target=asyncio.run, args=(worker(),), name="worker-thread")
+        thread.start()
+        asyncio.run(healthy())
+        thread.join()
+
+        async def on_uvloop():
+            in_uvloop()
+
+        uvloop.run(on_uvloop())
+        """,
+    )
+    proc = run_unstall(["--json", "r.json", "threads.py"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    stalls = Report.read(tmp_path / "r.json").stalls
+    found = {(s.thread, s.culprit.function if s.culprit else None) for s in stalls}
+    assert found == {("worker-thread", "in_worker_thread"), ("MainThread", "in_uvloop")}
+    assert f"threads.py:{line_of(app, 'time.sleep(0.4)')} in in_worker_thread" in proc.stderr
+
+
+def test_trace_output_is_written(tmp_path: Path) -> None:
+    write(tmp_path / "app.py", BLOCKER)
+    proc = run_unstall(["--trace", "t.json", "app.py", "0.3"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    trace = json.loads((tmp_path / "t.json").read_text())
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    assert any(e.get("ph") == "X" and "slow_function" in e.get("name", "") for e in events)
+
+
+def test_html_output_is_written(tmp_path: Path) -> None:
+    write(tmp_path / "app.py", BLOCKER)
+    proc = run_unstall(["--html", "r.html", "app.py", "0.3"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    page = (tmp_path / "r.html").read_text()
+    assert page.lstrip().lower().startswith("<!doctype html")
+    assert "slow_function" in page
+
+
+def test_strict_option_runs_the_program_with_strict_mode(tmp_path: Path) -> None:
+    write(tmp_path / "app.py", BLOCKER)
+    proc = run_unstall(["--strict", "app.py", "0.2"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "program done\n"
+    assert "slow_function" in proc.stderr
