@@ -1,13 +1,211 @@
-"""STUB (issue #3): watch, Watcher."""
+"""``unstall.watch()``: find what stalls an event loop, with no change to the code it runs."""
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from types import TracebackType
+
+from unstall._stall import LoopInfo, Report, Stall
+from unstall._stall_log import log_hang, log_stall
+from unstall._watchdog import monitor
+
+__all__ = ["Watcher", "watch"]
+
+_log = logging.getLogger("unstall")
 
 
 class Watcher:
-    pass
+    """A running watch over one loop, or over every loop; made by :func:`watch`.
+
+    Attributes:
+        stalls: Finished stalls, in the order they ended.
+        threshold: The shortest blocking time reported, in seconds.
+        loop: The watched loop, or ``None`` for every loop in the process.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop | None,
+        threshold: float,
+        on_stall: Callable[[Stall], object] | None,
+        on_hang: Callable[[Stall], object] | None,
+        log: bool,
+    ) -> None:
+        self.loop = loop
+        self.threshold = threshold
+        self.stalls: list[Stall] = []
+        self._on_stall = on_stall
+        self._on_hang = on_hang
+        self._log = log
+        self._started_at = time.time()
+        self._t0 = time.monotonic()
+        self._stopped_t: float | None = None
+        self._lock = threading.Lock()
+        self._seen_loops: dict[str, LoopInfo] = {}
+
+    def _start(self) -> Watcher:
+        monitor.add(self)
+        return self
+
+    # -- called by the watchdog ---------------------------------------------------------
+
+    def wants(self, loop: asyncio.AbstractEventLoop) -> bool:
+        return self.loop is None or self.loop is loop
+
+    def _relative(self, stall: Stall) -> Stall:
+        return stall.with_updates(start_s=max(stall.start_s - self._t0, 0.0))
+
+    def _take_stall(self, stall: Stall) -> None:
+        stall = self._relative(stall)
+        with self._lock:
+            self.stalls.append(stall)
+        if self._log:
+            log_stall(stall)
+        if self._on_stall is not None:
+            try:
+                self._on_stall(stall)
+            except Exception:
+                _log.exception("unstall: on_stall callback %r failed", self._on_stall)
+
+    def _take_hang(self, stall: Stall) -> None:
+        stall = self._relative(stall)
+        if self._log:
+            log_hang(stall)
+        if self._on_hang is not None:
+            try:
+                self._on_hang(stall)
+            except Exception:
+                _log.exception("unstall: on_hang callback %r failed", self._on_hang)
+
+    # -- public ---------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop watching: report stalls already finished, then release the loop(s).
+
+        Idempotent. A stall still going on in the calling thread's loop (the callback
+        calling ``stop()`` has blocked for longer than the threshold) is closed and
+        reported. Joins the watchdog thread when no other watcher remains.
+        """
+        with self._lock:
+            if self._stopped_t is not None:
+                return
+        self._snapshot_loops()
+        monitor.remove(self)
+        with self._lock:
+            self._stopped_t = time.monotonic()
+
+    @property
+    def running(self) -> bool:
+        """Whether the watcher is still watching."""
+        return self._stopped_t is None
+
+    def _snapshot_loops(self) -> None:
+        for probe in monitor.probes():
+            if not self.wants(probe.loop):
+                continue
+            lag = [(t - self._t0, v) for t, v in list(probe.lag) if t >= self._t0]
+            self._seen_loops[probe.id] = LoopInfo(
+                probe.id, probe.thread, probe.thread_id, probe.kind, lag
+            )
+
+    def report(self) -> Report:
+        """Everything seen so far: the stalls, and each loop's lag over time."""
+        if self._stopped_t is None:
+            self._snapshot_loops()
+        end = self._stopped_t if self._stopped_t is not None else time.monotonic()
+        with self._lock:
+            stalls = list(self.stalls)
+        return Report(
+            threshold_s=self.threshold,
+            stalls=stalls,
+            loops=list(self._seen_loops.values()),
+            started_at=self._started_at,
+            duration_s=end - self._t0,
+        )
+
+    def __enter__(self) -> Watcher:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> Watcher:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        what = "every loop" if self.loop is None else repr(self.loop)
+        state = "running" if self.running else "stopped"
+        return f"<Watcher {state} threshold={self.threshold}s on {what}: {len(self.stalls)} stalls>"
 
 
-def watch(*args: Any, **kwargs: Any) -> Watcher:
-    raise NotImplementedError
+def watch(
+    loop: asyncio.AbstractEventLoop | None = None,
+    *,
+    threshold: float = 0.1,
+    on_stall: Callable[[Stall], object] | None = None,
+    on_hang: Callable[[Stall], object] | None = None,
+    log: bool = True,
+) -> Watcher:
+    """Start watching for stalls: callbacks that keep an event loop busy too long.
+
+    Inside a coroutine, with no ``loop``, it watches the running loop. Outside any running
+    loop, it watches every asyncio loop (asyncio, uvloop, anyio's asyncio backend) that is
+    running or starts later, in any thread, until :meth:`Watcher.stop`. Use it as
+    ``async with unstall.watch() as w:``, ``with unstall.watch(loop) as w:`` or
+    ``w = unstall.watch(); ...; w.stop()``.
+
+    Args:
+        loop: The loop to watch; ``None`` for the running loop, or every loop.
+        threshold: Report callbacks that ran at least this long, in seconds (> 0).
+        on_stall: Called with each finished :class:`Stall`, from the watchdog thread
+            (or from the thread calling ``stop()`` for stalls it closes). An exception
+            it raises is logged to the ``unstall`` logger; watching goes on.
+        on_hang: Called with ``ongoing=True`` records while a stall lasts: when it
+            passes the threshold, then about every second, with the stack at that time.
+        log: Log each stall to the ``unstall`` logger (WARNING, rate-limited).
+
+    Returns:
+        The running :class:`Watcher`.
+
+    Raises:
+        TypeError: ``loop`` is not an event loop, ``threshold`` not a number, or a
+            callback not callable.
+        ValueError: ``threshold`` is not a positive finite number.
+    """
+    if loop is not None and not isinstance(loop, asyncio.AbstractEventLoop):
+        raise TypeError(f"watch(): loop must be an asyncio event loop, not {type(loop).__name__}")
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float):
+        raise TypeError(
+            f"watch(): threshold must be a number of seconds, not {type(threshold).__name__}"
+        )
+    if not math.isfinite(threshold) or threshold <= 0:
+        raise ValueError(
+            f"watch(): threshold must be a positive number of seconds, got {threshold!r}"
+        )
+    for name, fn in (("on_stall", on_stall), ("on_hang", on_hang)):
+        if fn is not None and not callable(fn):
+            raise TypeError(f"watch(): {name} must be callable, not {type(fn).__name__}")
+    if loop is None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+    return Watcher(loop, float(threshold), on_stall, on_hang, bool(log))._start()

@@ -1,0 +1,142 @@
+"""Name the call a frame is making right now, e.g. ``time.sleep`` or ``socket.socket.recv``.
+
+A blocking C function (``time.sleep``, ``sock.recv``) has no Python frame of its own, so
+the name is read from the caller: the source span of the instruction the frame is executing
+(``code.co_positions()``) gives the call expression, its callee is a dotted path
+(``sock.recv``), and the path is resolved in the frame's namespace with static lookups only
+(``inspect.getattr_static``): naming a call never runs user code.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import dis
+import inspect
+import linecache
+import types
+from functools import lru_cache
+from typing import Any
+
+__all__ = ["call_at", "callee_from_line", "callee_path", "qualified_name"]
+
+_BEFORE_WITH = dis.opmap.get("BEFORE_WITH", -1)
+
+
+@lru_cache(maxsize=4096)
+def callee_path(code: types.CodeType, lasti: int) -> tuple[str, ...] | None:
+    """The dotted callee of the call at ``lasti`` in ``code`` (``("sock", "recv")``), if any."""
+    index = lasti // 2
+    positions = list(code.co_positions())
+    if not 0 <= index < len(positions):
+        return None
+    line, end_line, col, end_col = positions[index]
+    if line is None or end_line is None or col is None or end_col is None:
+        return None
+    lines = linecache.getlines(code.co_filename)
+    if end_line > len(lines):
+        return None
+    if line == end_line:
+        text = lines[line - 1].encode()[col:end_col].decode(errors="replace")
+    else:
+        parts = [lines[line - 1].encode()[col:].decode(errors="replace")]
+        parts += lines[line : end_line - 1]
+        parts.append(lines[end_line - 1].encode()[:end_col].decode(errors="replace"))
+        text = "".join(parts)
+    try:
+        node = ast.parse(text.strip(), mode="eval").body
+    except SyntaxError:
+        return None
+    if code.co_code[lasti] == _BEFORE_WITH:
+        path = _dotted(node)
+        return None if path is None else (*path, "__enter__")
+    if isinstance(node, ast.Call):
+        return _dotted(node.func)
+    return None
+
+
+def callee_from_line(line: str) -> str | None:
+    """The callee of the outermost call on a source line, as written (``"json.dumps"``)."""
+    text = line.strip()
+    for prefix in ("return ", "await ", "yield "):
+        text = text.removeprefix(prefix)
+    try:
+        tree = ast.parse(text)
+    except SyntaxError:
+        return None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            path = _dotted(node.func)
+            return None if path is None else ".".join(path)
+    return None
+
+
+def _dotted(node: ast.expr) -> tuple[str, ...] | None:
+    names: list[str] = []
+    while isinstance(node, ast.Attribute):
+        names.append(node.attr)
+        node = node.value
+    if not isinstance(node, ast.Name):
+        return None
+    names.append(node.id)
+    return tuple(reversed(names))
+
+
+def call_at(frame: types.FrameType) -> str | None:
+    """The qualified name of the call ``frame`` is executing, or ``None`` when not in a call."""
+    path = callee_path(frame.f_code, frame.f_lasti)
+    if path is None:
+        return None
+    return resolve(path, frame)
+
+
+def resolve(path: tuple[str, ...], frame: types.FrameType) -> str:
+    """Resolve a dotted path in a frame's namespace to a qualified name, statically."""
+    head = path[0]
+    missing = object()
+    obj: Any = missing
+    code = frame.f_code
+    if head in code.co_varnames or head in code.co_cellvars or head in code.co_freevars:
+        obj = frame.f_locals.get(head, missing)
+    if obj is missing:
+        obj = frame.f_globals.get(head, missing)
+    if obj is missing:
+        obj = getattr(builtins, head, missing)
+    if obj is missing:
+        return ".".join(path)
+    owner: Any = None
+    for attr in path[1:]:
+        owner = obj
+        try:
+            obj = inspect.getattr_static(obj, attr)
+        except AttributeError:
+            return ".".join(path)
+    if owner is None:
+        return qualified_name(obj) or head
+    return _member_name(owner, path[-1])
+
+
+def _member_name(owner: Any, attr: str) -> str:
+    if isinstance(owner, types.ModuleType):
+        return f"{owner.__name__}.{attr}"
+    kind = owner if isinstance(owner, type) else type(owner)
+    if attr == "__enter__" and hasattr(kind, "acquire"):
+        attr = "acquire"
+    base = f"{kind.__module__}.{kind.__qualname__}"
+    return f"{base.removeprefix('builtins.')}.{attr}"
+
+
+def qualified_name(obj: Any) -> str | None:
+    """``module.qualname`` of a function, class or builtin, ``None`` when it has none."""
+    try:
+        qual = obj.__qualname__
+        module = obj.__module__
+    except AttributeError:
+        return None
+    if not isinstance(qual, str):
+        return None
+    if not isinstance(module, str) or module == "builtins":
+        return qual
+    if module == "posix":
+        module = "os"
+    return f"{module}.{qual}"

@@ -1,0 +1,206 @@
+"""The loop side of watching: timestamps taken by the loop thread itself.
+
+On asyncio's selector loops the probe wraps ``loop._selector.select``: the time between
+``select`` returning and being called again is exactly one loop iteration (the callbacks
+it ran), so a stall's start and end are exact. One wrapper call per iteration, not per
+callback, keeps the cost low. Loops without a Python selector (uvloop, proactor) fall back
+on the heartbeat: a callback rescheduled every few milliseconds whose lateness bounds the
+stall (within half a heartbeat interval).
+
+The heartbeat also runs on selector loops, less often, to measure the loop's lag for
+``LoopInfo.lag`` and the metrics feed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from unstall import _events
+
+__all__ = ["LoopProbe", "describe_loop"]
+
+_monotonic = time.monotonic
+_LAG_BUCKET_S = 0.1
+_LAG_MAX_POINTS = 20_000
+_EXACT_BEAT_S = 0.05
+
+
+def describe_loop(loop: asyncio.AbstractEventLoop) -> str:
+    """A short, stable description of a loop: its class and id."""
+    return f"{type(loop).__name__}@{id(loop):#x}"
+
+
+class LoopProbe:
+    """Timestamps of one loop's iterations, written by the loop thread, read by the watchdog.
+
+    Must be created and started from the loop's own thread.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, threshold: float) -> None:
+        self.loop = loop
+        self.id = describe_loop(loop)
+        self.thread_id = threading.get_ident()
+        self.thread = threading.current_thread().name
+        self.kind = "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
+        self.threshold = threshold
+        self.running = False
+        self.busy_since: float | None = None
+        """Exact loops: when the running iteration began; ``None`` while waiting in select."""
+        self.finished: deque[tuple[float, float, float]] = deque()
+        """``(key, start, end)`` of iterations at least ``threshold`` long, for the watchdog."""
+        self.lag: list[tuple[float, float]] = []
+        self.cpu_clock: int | None = None
+        try:
+            self.cpu_clock = time.pthread_getcpuclockid(self.thread_id)
+        except (AttributeError, OSError):
+            self.cpu_clock = None
+        self._selector: Any = getattr(loop, "_selector", None)
+        self.exact = self._selector is not None and hasattr(self._selector, "select")
+        self.interval = _EXACT_BEAT_S if self.exact else self.beat_interval(threshold)
+        self.due = 0.0
+        self._handle: asyncio.TimerHandle | None = None
+        self._wrapped = False
+        self._lag_bucket = _LAG_BUCKET_S
+
+    @staticmethod
+    def beat_interval(threshold: float) -> float:
+        return min(max(threshold / 10, 0.002), 0.05)
+
+    def set_threshold(self, threshold: float) -> None:
+        self.threshold = threshold
+        if not self.exact:
+            self.interval = self.beat_interval(threshold)
+
+    # -- loop thread ---------------------------------------------------------------------
+
+    def start(self, mid_iteration: bool) -> None:
+        """The loop starts running (or is running and now watched); call in its thread."""
+        if self.running:
+            return
+        self.running = True
+        if self.exact and not self._wrapped:
+            self._wrap_select()
+        now = _monotonic()
+        # Watching may begin inside a callback (``watch()`` in a coroutine): that callback
+        # may block right away, so the iteration counts from now.
+        self.busy_since = now if mid_iteration else None
+        self.due = now + self.interval
+        self._handle = self.loop.call_later(self.interval, self._beat)
+
+    def stop_running(self) -> None:
+        """The loop stops running; its last iteration ends now. Call in its thread."""
+        if not self.running:
+            return
+        self.end_iteration(_monotonic())
+        if not self.exact:
+            self._end_late(_monotonic())
+        self.running = False
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def cut(self, now: float) -> None:
+        """End the running iteration here, as if it returned to the loop, and go on."""
+        if self.exact:
+            self.end_iteration(now)
+            self.busy_since = now
+        else:
+            self._end_late(now)
+            self.due = now
+
+    def end_iteration(self, now: float) -> None:
+        start = self.busy_since
+        if start is not None:
+            if now - start >= self.threshold:
+                self.finished.append((start, start, now))
+            self.busy_since = None
+
+    def _wrap_select(self) -> None:
+        selector = self._selector
+        original = selector.select
+        probe = self
+
+        def select(timeout: float | None = None) -> Any:
+            start = probe.busy_since
+            if start is not None:
+                now = _monotonic()
+                if now - start >= probe.threshold:
+                    probe.finished.append((start, start, now))
+                probe.busy_since = None
+            try:
+                return original(timeout)
+            finally:
+                probe.busy_since = _monotonic()
+
+        select.__wrapped__ = original  # type: ignore[attr-defined]
+        selector.select = select
+        self._wrapped = True
+
+    def unwrap(self) -> None:
+        """Restore the selector; safe from any thread."""
+        if self._wrapped:
+            with contextlib.suppress(AttributeError):
+                del self._selector.select
+            self._wrapped = False
+
+    def cancel_beat(self) -> None:
+        """Stop the heartbeat; call in the loop thread (or when the loop is not running)."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        self.running = False
+
+    def _beat(self) -> None:
+        now = _monotonic()
+        lag = now - self.due
+        if lag < 0:
+            lag = 0.0
+        self._record_lag(now, lag)
+        _events.emit_lag(self.id, self.thread, lag)
+        if not self.exact:
+            self._end_late(now)
+        self.due = now + self.interval
+        self._handle = self.loop.call_later(self.interval, self._beat)
+
+    def _end_late(self, now: float) -> None:
+        # The heartbeat was due at ``self.due``; the blocking callback began between the
+        # previous beat and then, so half an interval before is the best estimate.
+        start = self.due - self.interval / 2
+        if now - start >= self.threshold and now > self.due:
+            self.finished.append((self.due, start, now))
+
+    def _record_lag(self, now: float, lag: float) -> None:
+        points = self.lag
+        if points and now - points[-1][0] < self._lag_bucket:
+            if lag > points[-1][1]:
+                points[-1] = (points[-1][0], lag)
+            return
+        points.append((now, lag))
+        if len(points) > _LAG_MAX_POINTS:
+            # Keep a long run's series bounded: halve its resolution.
+            merged = [
+                (a[0], max(a[1], b[1])) for a, b in zip(points[::2], points[1::2], strict=False)
+            ]
+            if len(points) % 2:
+                merged.append(points[-1])
+            self.lag = merged
+            self._lag_bucket *= 2
+
+    # -- watchdog thread -----------------------------------------------------------------
+
+    def busy(self, now: float) -> tuple[float, float] | None:
+        """``(key, start)`` of the iteration running now, or ``None`` when idle."""
+        if not self.running:
+            return None
+        if self.exact:
+            start = self.busy_since
+            return None if start is None else (start, start)
+        due = self.due
+        if now - due > 0.002:
+            return (due, due - self.interval / 2)
+        return None

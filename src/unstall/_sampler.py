@@ -1,0 +1,116 @@
+"""Take one sample of a loop thread's stack from the watchdog thread.
+
+A sample keeps plain data only (no frame objects), so a stall's samples never keep the
+loop's locals alive: the stack outermost first, which frame is the culprit, the call it is
+making, which callback is running (to tell two callbacks apart in one loop iteration), the
+running task and the thread's CPU clock (to tell waiting from computing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+import types
+from dataclasses import dataclass
+
+from unstall._callname import call_at
+from unstall._culprit import callback_start, culprit_index
+from unstall._stall import Frame
+
+__all__ = ["Sample", "capture", "frame_record"]
+
+_frame_cache: dict[tuple[types.CodeType, int], Frame] = {}
+
+
+@dataclass(slots=True)
+class Sample:
+    """One look at a loop thread's stack, taken at monotonic time ``t``."""
+
+    t: float
+    frames: tuple[Frame, ...]
+    """Outermost first."""
+    culprit: int
+    """Index of the culprit in ``frames``; ``-1`` when the stack is empty."""
+    call: str | None = None
+    root: int | None = None
+    """Identity of the running callback's first frame; ``None`` when unknown."""
+    task: str | None = None
+    coro: str | None = None
+    callback: str | None = None
+    cpu: float | None = None
+    method: str = "sampler"
+
+
+def frame_record(code: types.CodeType, line: int) -> Frame:
+    """A :class:`Frame` for ``code`` at ``line``, shared between samples."""
+    key = (code, line)
+    found = _frame_cache.get(key)
+    if found is None:
+        if len(_frame_cache) > 20_000:
+            _frame_cache.clear()
+        found = _frame_cache[key] = Frame(code.co_filename, line, code.co_name)
+    return found
+
+
+def capture(
+    thread_id: int, loop: asyncio.AbstractEventLoop, cpu_clock: int | None, now: float
+) -> Sample | None:
+    """Sample the stack of thread ``thread_id``; ``None`` if the thread is gone."""
+    top = sys._current_frames().get(thread_id)
+    if top is None:
+        return None
+    chain: list[types.FrameType] = []
+    f: types.FrameType | None = top
+    while f is not None:
+        chain.append(f)
+        f = f.f_back
+    del top, f
+    chain.reverse()
+    frames = tuple(frame_record(fr.f_code, fr.f_lineno or 0) for fr in chain)
+    files = [fr.file for fr in frames]
+    start = callback_start(files, [fr.function for fr in frames])
+    index = culprit_index(files, start)
+    sample = Sample(now, frames, index)
+    try:
+        sample.call = call_at(chain[index]) if index >= 0 else None
+    except Exception:  # naming the call is best effort: never break sampling
+        sample.call = None
+    if start < len(chain):
+        sample.root = id(chain[start])
+    _describe_running(sample, loop, chain, start)
+    if cpu_clock is not None:
+        try:
+            sample.cpu = time.clock_gettime(cpu_clock)
+        except OSError:
+            sample.cpu = None
+    return sample
+
+
+def _describe_running(
+    sample: Sample, loop: asyncio.AbstractEventLoop, chain: list[types.FrameType], start: int
+) -> None:
+    try:
+        task = asyncio.current_task(loop)
+    except Exception:
+        task = None
+    if task is not None:
+        sample.task = task.get_name()
+        coro = task.get_coro()
+        sample.coro = getattr(coro, "__qualname__", None) or type(coro).__qualname__
+        return
+    if start > 0 and chain[start - 1].f_code.co_name == "_run":
+        handle = chain[start - 1].f_locals.get("self")
+        if isinstance(handle, asyncio.Handle):
+            sample.callback = _handle_repr(handle)
+            return
+    if start < len(chain):
+        code = chain[start].f_code
+        sample.callback = f"{code.co_qualname}() at {code.co_filename}:{code.co_firstlineno}"
+
+
+def _handle_repr(handle: asyncio.Handle) -> str:
+    try:
+        return repr(handle)
+    except Exception:
+        return object.__repr__(handle)

@@ -1,0 +1,308 @@
+"""The one watchdog thread shared by every watcher and every watched loop.
+
+Every few milliseconds it looks at each running loop's probe. While a loop iteration has
+lasted more than half the threshold it samples that loop thread's stack; when the loop
+side reports the iteration's end, the samples become :class:`Stall` records, handed to the
+watchers that want them. A stall still going on is reported as it lasts (``on_hang``).
+Faulthandler dumps (see :mod:`unstall._faultdump`) join the samples when the watchdog was
+kept from running by C code holding the GIL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from unstall import _events, _faultdump, _loop_hooks
+from unstall._attribution import LoopMeta, build_stall, split_by_callback
+from unstall._probe import LoopProbe
+from unstall._sampler import Sample, capture
+from unstall._stall import Stall
+
+if TYPE_CHECKING:
+    from unstall._watcher import Watcher
+
+__all__ = ["Monitor", "monitor"]
+
+_log = logging.getLogger("unstall")
+_monotonic = time.monotonic
+SAMPLE_EVERY_S = 0.005
+HANG_EVERY_S = 1.0
+
+
+@dataclass
+class _Track:
+    """Samples of the loop iteration the watchdog is looking at."""
+
+    key: float
+    start: float
+    samples: list[Sample] = field(default_factory=list)
+    hang_at: float | None = None
+
+
+Delivery = tuple[Callable[[Stall], None], Stall]
+
+
+class Monitor:
+    """Owns the probes, the watchdog thread and the list of active watchers."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._watchers: list[Watcher] = []
+        self._probes: dict[int, LoopProbe] = {}
+        self._tracks: dict[int, _Track] = {}
+        self._thread: threading.Thread | None = None
+        self._wake = threading.Event()
+        self._stopping = False
+        self.threshold = 0.1
+
+    # -- watchers ------------------------------------------------------------------------
+
+    def add(self, watcher: Watcher) -> None:
+        _loop_hooks.install()
+        with self._lock:
+            self._watchers.append(watcher)
+            self._retune()
+            _loop_hooks.set_listener(self._on_loop)
+            if self._thread is None:
+                self._stopping = False
+                self._thread = threading.Thread(
+                    target=self._run, name="unstall-watchdog", daemon=True
+                )
+                self._thread.start()
+        target = watcher.loop
+        if target is None:
+            for loop in _loop_hooks.running_loops():
+                self._attach_running(loop)
+        else:
+            self._attach_running(target)
+
+    def remove(self, watcher: Watcher) -> None:
+        """Finish what is pending for ``watcher`` and stop watching for it."""
+        self.flush(final_for=watcher)
+        thread = None
+        with self._lock:
+            if watcher in self._watchers:
+                self._watchers.remove(watcher)
+            self._retune()
+            for key, probe in list(self._probes.items()):
+                if not self._wanted(probe.loop):
+                    self._detach(probe)
+                    del self._probes[key]
+                    self._tracks.pop(key, None)
+            if not self._watchers:
+                _loop_hooks.set_listener(None)
+                thread, self._thread = self._thread, None
+                self._stopping = True
+                self._wake.set()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+        if thread is not None:
+            _faultdump.disarm()
+
+    def _retune(self) -> None:
+        if self._watchers:
+            self.threshold = min(w.threshold for w in self._watchers)
+        for probe in self._probes.values():
+            probe.set_threshold(self.threshold)
+
+    def _wanted(self, loop: asyncio.AbstractEventLoop) -> bool:
+        return any(w.loop is None or w.loop is loop for w in self._watchers)
+
+    # -- loops ---------------------------------------------------------------------------
+
+    def _attach_running(self, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            current = asyncio.get_running_loop()
+        except RuntimeError:
+            current = None
+        if current is loop:
+            self._start_probe(loop, mid_iteration=True)
+        elif loop.is_running():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._start_probe, loop, True)
+
+    def _on_loop(self, loop: asyncio.AbstractEventLoop, started: bool) -> None:
+        if started:
+            self._start_probe(loop, mid_iteration=False)
+            return
+        with self._lock:
+            probe = self._probes.get(id(loop))
+        if probe is not None and probe.loop is loop:
+            probe.stop_running()
+
+    def _start_probe(self, loop: asyncio.AbstractEventLoop, mid_iteration: bool) -> None:
+        with self._lock:
+            if not self._wanted(loop):
+                return
+            probe = self._probes.get(id(loop))
+            if probe is None or probe.loop is not loop:
+                probe = self._probes[id(loop)] = LoopProbe(loop, self.threshold)
+        probe.start(mid_iteration)
+
+    def _detach(self, probe: LoopProbe) -> None:
+        probe.unwrap()
+        loop = probe.loop
+        if not probe.running:
+            return
+        if threading.get_ident() == probe.thread_id:
+            probe.cancel_beat()
+            return
+        with contextlib.suppress(RuntimeError):  # closed meanwhile: nothing to cancel
+            loop.call_soon_threadsafe(probe.cancel_beat)
+
+    def probes(self) -> list[LoopProbe]:
+        with self._lock:
+            return list(self._probes.values())
+
+    # -- the watchdog --------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stopping:
+            try:
+                sampling = self.poll()
+            except Exception:
+                _log.exception("unstall: watchdog error")
+                sampling = False
+            pause = SAMPLE_EVERY_S if sampling else min(self.threshold / 4, 0.025)
+            self._wake.wait(pause)
+
+    def poll(self) -> bool:
+        """One look at every loop; returns whether a loop is being sampled."""
+        deliveries: list[Delivery] = []
+        sampling = False
+        with self._lock:
+            now = _monotonic()
+            active = any(p.running for p in self._probes.values())
+            dumps = _faultdump.tick(now, active and self._watchers != [])
+            if dumps:
+                self._merge_dumps(dumps)
+            for key, probe in list(self._probes.items()):
+                sampling = self._poll_probe(key, probe, now, deliveries) or sampling
+        self._deliver(deliveries)
+        return sampling
+
+    def flush(self, final_for: Watcher | None = None) -> None:
+        """Turn every finished iteration into stalls now (used by ``Watcher.stop``).
+
+        When ``final_for`` stops from inside a loop it watches, the iteration running there
+        is the one calling ``stop()``: it is closed as a stall too if long enough.
+        """
+        deliveries: list[Delivery] = []
+        with self._lock:
+            now = _monotonic()
+            me = threading.get_ident()
+            for key, probe in list(self._probes.items()):
+                if final_for is not None and probe.thread_id == me and probe.running:
+                    probe.cut(now)
+                self._poll_probe(key, probe, now, deliveries, sample=False)
+        self._deliver(deliveries)
+
+    def _poll_probe(
+        self,
+        key: int,
+        probe: LoopProbe,
+        now: float,
+        deliveries: list[Delivery],
+        sample: bool = True,
+    ) -> bool:
+        busy = probe.busy(now)
+        track = self._tracks.get(key)
+        while probe.finished:
+            it_key, start, end = probe.finished.popleft()
+            samples = track.samples if track is not None and track.key == it_key else []
+            if track is not None and track.key == it_key:
+                track = None
+                self._tracks.pop(key, None)
+            self._finish(probe, samples, start, end, deliveries)
+        if track is not None and (busy is None or busy[0] != track.key):
+            self._tracks.pop(key, None)  # that iteration ended below the threshold
+            track = None
+        if busy is None or not sample:
+            return False
+        it_key, start = busy
+        if now - start < self.threshold / 2:
+            return False
+        if track is None:
+            track = self._tracks[key] = _Track(it_key, start)
+        taken = capture(probe.thread_id, probe.loop, probe.cpu_clock, now)
+        again = probe.busy(_monotonic())
+        if taken is not None and again is not None and again[0] == it_key:
+            track.samples.append(taken)
+        if now - start >= self.threshold and (
+            track.hang_at is None or now - track.hang_at >= HANG_EVERY_S
+        ):
+            track.hang_at = now
+            self._hang(probe, track, now, deliveries)
+        return True
+
+    def _meta(self, probe: LoopProbe) -> LoopMeta:
+        return LoopMeta(loop=probe.id, thread=probe.thread, thread_id=probe.thread_id)
+
+    def _finish(
+        self,
+        probe: LoopProbe,
+        samples: list[Sample],
+        start: float,
+        end: float,
+        deliveries: list[Delivery],
+    ) -> None:
+        meta = self._meta(probe)
+        first = True
+        for lo, hi, part in split_by_callback(samples, start, end):
+            if hi - lo < self.threshold:
+                continue
+            stall = build_stall(part, lo, hi, meta)
+            for watcher in self._watchers:
+                if watcher.wants(probe.loop) and stall.duration_s >= watcher.threshold:
+                    deliveries.append((watcher._take_stall, stall))
+                    if first:
+                        deliveries.append((_emit, watcher._relative(stall)))
+                        first = False
+
+    def _hang(
+        self, probe: LoopProbe, track: _Track, now: float, deliveries: list[Delivery]
+    ) -> None:
+        pieces = split_by_callback(track.samples, track.start, now)
+        lo, hi, part = pieces[-1]
+        stall = build_stall(part, lo, hi, self._meta(probe), ongoing=True)
+        for watcher in self._watchers:
+            if watcher.wants(probe.loop) and stall.duration_s >= watcher.threshold:
+                deliveries.append((watcher._take_hang, stall))
+
+    def _merge_dumps(self, dumps: list[_faultdump.Dump]) -> None:
+        """Add each dump, as a sample, to the loop iteration it fell in (if any)."""
+        for dump in dumps:
+            for key, probe in self._probes.items():
+                spans = list(probe.finished)
+                busy = probe.busy(_monotonic())
+                if busy is not None:
+                    spans.append((busy[0], busy[1], _monotonic()))
+                span = next((s for s in spans if s[1] <= dump.t <= s[2]), None)
+                if span is None:
+                    continue
+                taken = dump.sample(probe.thread_id)
+                if taken is None:
+                    continue
+                track = self._tracks.get(key)
+                if track is None or track.key != span[0]:
+                    track = self._tracks[key] = _Track(span[0], span[1])
+                track.samples.append(taken)
+
+    @staticmethod
+    def _deliver(deliveries: list[Delivery]) -> None:
+        for fn, stall in deliveries:
+            fn(stall)
+
+
+def _emit(stall: Stall) -> None:
+    _events.emit_stall(stall)
+
+
+monitor = Monitor()
