@@ -1,0 +1,170 @@
+"""Allow-lists: which blocking calls strict mode lets through.
+
+An entry is one of:
+
+* a call name from the catalogue, or its prefix: ``"time.sleep"``, ``"socket"``;
+* a module, matching it and its submodules: ``"mylib"``, ``"mylib.db"``;
+* a qualified function or class: ``"mylib.db.Store.load"``, ``"mylib.db.Store"``;
+* a file glob, recognised by a ``/``, ``*``, ``?``, ``[`` or a ``.py`` ending:
+  ``"*/migrations/*.py"``, ``"tests/conftest.py"`` (relative globs match any directory).
+
+Your entries are matched against every frame of the current callback, from the blocking
+call out to the event loop, so allowing ``"mylib"`` allows what mylib calls. The built-in
+entries (:data:`DEFAULT_ALLOW`) are matched only from the blocking call out to the first
+frame outside the standard library: they let asyncio, the import system or pytest block
+on their own behalf, never on behalf of your code that they happen to run.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import sysconfig
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
+from types import FrameType
+
+__all__ = ["DEFAULT_ALLOW", "AllowList", "callback_frames", "is_stdlib"]
+
+DEFAULT_ALLOW: tuple[str, ...] = (
+    "unstall",  # unstall's own machinery: worker handoff, watcher, reports
+    "asyncio",  # the loop's own machinery (subprocess spawning, unix sockets, executors)
+    "uvloop",
+    "anyio",
+    "concurrent.futures",  # executor bookkeeping: thread start, shutdown locks
+    "threading.Thread.start",  # waits a few microseconds for the new thread to start
+    "importlib",  # imports read .py/.pyc files
+    "<frozen importlib._bootstrap>",
+    "<frozen importlib._bootstrap_external>",
+    "zipimport",
+    "linecache",  # tracebacks and warnings read source lines
+    "tokenize",
+    "_pytest",  # pytest internals: capture, assertion rewriting, logging plugin
+    "pluggy",
+    "pytest_asyncio",
+    "pytest_timeout",
+    "coverage",
+)
+
+_GLOB_CHARS = frozenset("/*?[\\")
+_SITE_DIRS = tuple(
+    {os.path.normpath(p) + os.sep for k in ("purelib", "platlib") if (p := sysconfig.get_path(k))}
+)
+_STDLIB_DIRS = tuple(
+    {os.path.normpath(p) + os.sep for k in ("stdlib", "platstdlib") if (p := sysconfig.get_path(k))}
+)
+_stdlib_cache: dict[str, bool] = {}
+
+
+def is_stdlib(filename: str) -> bool:
+    """Whether a code object's file belongs to the standard library (cached)."""
+    known = _stdlib_cache.get(filename)
+    if known is None:
+        known = filename.startswith("<frozen ") or (
+            filename.startswith(_STDLIB_DIRS)
+            and not filename.startswith(_SITE_DIRS)
+            and "site-packages" not in filename
+            and "dist-packages" not in filename
+        )
+        if len(_stdlib_cache) < 10_000:
+            _stdlib_cache[filename] = known
+    return known
+
+
+# Frames where a loop hands control to a callback: user code starts above them.
+_BOUNDARIES = {
+    ("events.py", "_run"),
+    ("base_events.py", "run_forever"),
+    ("base_events.py", "run_until_complete"),
+    ("base_events.py", "_run_once"),
+    ("runners.py", "run"),
+}
+_ASYNCIO_DIR = os.sep + "asyncio" + os.sep
+
+
+def _is_boundary(frame: FrameType) -> bool:
+    code = frame.f_code
+    filename = code.co_filename
+    if _ASYNCIO_DIR not in filename:
+        return False
+    return (os.path.basename(filename), code.co_name) in _BOUNDARIES
+
+
+def callback_frames(frame: FrameType | None, skip: Collection[str]) -> list[FrameType]:
+    """The frames of the running callback, innermost first.
+
+    Starts at ``frame``, drops leading frames whose file is in ``skip`` (strict mode's
+    own wrappers), and stops at the event loop's dispatch frame.
+    """
+    frames: list[FrameType] = []
+    while frame is not None and frame.f_code.co_filename in skip:
+        frame = frame.f_back
+    while frame is not None and not _is_boundary(frame):
+        frames.append(frame)
+        frame = frame.f_back
+    return frames
+
+
+def _module_of(frame: FrameType) -> str:
+    name = frame.f_globals.get("__name__")
+    return name if isinstance(name, str) else ""
+
+
+def _under(name: str, entry: str) -> bool:
+    return name == entry or name.startswith(entry + ".")
+
+
+@dataclass(frozen=True, slots=True)
+class AllowList:
+    """A compiled allow-list; :meth:`allows` is what strict mode asks per flagged call."""
+
+    names: tuple[str, ...] = ()
+    globs: tuple[str, ...] = ()
+
+    @classmethod
+    def compile(cls, entries: Iterable[str]) -> AllowList:
+        """Build an allow-list; raises :class:`TypeError`/:class:`ValueError` on bad entries."""
+        names: list[str] = []
+        globs: list[str] = []
+        for entry in entries:
+            if not isinstance(entry, str):
+                raise TypeError(f"allow-list entries must be strings, got {entry!r}")
+            entry = entry.strip()
+            if not entry:
+                raise ValueError("allow-list entries must not be empty")
+            is_glob = entry.endswith(".py") or bool(_GLOB_CHARS & set(entry))
+            if is_glob and entry.startswith("<frozen "):
+                names.append(entry)  # a frozen module's pseudo file name, matched exactly
+            elif is_glob:
+                globs.append(entry if os.path.isabs(entry) or entry[0] == "*" else "*/" + entry)
+            else:
+                names.append(entry)
+        return cls(tuple(names), tuple(globs))
+
+    def __bool__(self) -> bool:
+        return bool(self.names or self.globs)
+
+    def allows_call(self, call: str) -> bool:
+        return any(_under(call, entry) for entry in self.names)
+
+    def allows_frame(self, frame: FrameType) -> bool:
+        code = frame.f_code
+        filename = code.co_filename
+        if filename in self.names:
+            return True
+        if any(fnmatch.fnmatchcase(filename, glob) for glob in self.globs):
+            return True
+        module = _module_of(frame)
+        qualified = f"{module}.{code.co_qualname}"
+        return any(_under(module, e) or _under(qualified, e) for e in self.names)
+
+    def allows_any(self, frames: Iterable[FrameType]) -> bool:
+        return any(self.allows_frame(frame) for frame in frames)
+
+
+def own_frames(frames: Sequence[FrameType]) -> list[FrameType]:
+    """From the innermost frame out to the first frame outside the standard library."""
+    for index, frame in enumerate(frames):
+        if not is_stdlib(frame.f_code.co_filename):
+            return list(frames[: index + 1])
+    return list(frames)
