@@ -58,7 +58,7 @@ def resolve_target(on: object) -> OffloadTarget:
     if kind.__module__.startswith("distributed") and kind.__name__ == "Client":
         dask_target: OffloadTarget = _sibling("_dask").DaskTarget(on)
         return dask_target
-    if not isinstance(on, str) and inspect.iscoroutinefunction(getattr(on, "submit", None)):
+    if not isinstance(on, str | type) and inspect.iscoroutinefunction(getattr(on, "submit", None)):
         return cast(OffloadTarget, on)
     raise TypeError(f"on= got {on!r}; expected {_ACCEPTED}")
 
@@ -123,6 +123,9 @@ async def _call(
             return await target.submit(func, args, kwargs, cancel=cancel)
 
 
+_NO_FUNC: Any = object()  # "called with arguments only": offload(None) must still fail
+
+
 @overload
 def offload(func: Callable[P, T], /) -> Callable[P, Coroutine[Any, Any, T]]: ...
 
@@ -138,7 +141,7 @@ def offload(
 
 
 def offload(
-    func: Callable[P, T] | None = None,
+    func: Callable[P, T] = _NO_FUNC,
     /,
     *,
     limit: int | Limiter | None = None,
@@ -185,6 +188,6 @@ def offload(
 
         return offloaded
 
-    if func is None:
+    if func is _NO_FUNC:
         return decorate
     return decorate(func)
