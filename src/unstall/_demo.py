@@ -215,7 +215,7 @@ def _step(say: _Narrator, number: int, title: str, script: str) -> None:
     say.say("      " + say.paint(f"$ unstall run {script}", "cmd"))
 
 
-def _culprit_story(say: _Narrator, run: _Run) -> bool:
+def _culprit_story(say: _Narrator, run: _Run, workdir: str) -> bool:
     """Explain what the report found; returns whether it named slow_function."""
     stalls = run.report.stalls if run.report else []
     worst = max(stalls, key=lambda s: s.duration_s, default=None)
@@ -223,12 +223,13 @@ def _culprit_story(say: _Narrator, run: _Run) -> bool:
     if worst is None or worst.culprit is None or worst.culprit.function != "slow_function":
         say.say("  Hmm: the watcher did not name slow_function this time (see above).", "red")
         return False
-    where = f"{display_path(worst.culprit.file)}:{worst.culprit.line}"
+    where = f"{display_path(worst.culprit.file, workdir)}:{worst.culprit.line}"
     say.say(
         f"  Found it: slow_function() at {where} held the loop for "
         f"{format_duration(worst.duration_s)}, inside {worst.call or 'a blocking call'}."
     )
-    say.say('  Nothing else could run meanwhile: test2 printed 0 only after "Finish test1".')
+    if run.stdout[:2] == ["Finish test1", "0"]:
+        say.say('  Nothing else could run meanwhile: test2 printed 0 only after "Finish test1".')
     return True
 
 
@@ -297,7 +298,7 @@ def main(argv: list[str]) -> int:
             _intro(say, timings)
             _step(say, 1, "The blocking version, under the watcher:", "blocking_call.py")
             blocking = _run_watched(workdir, "blocking_call.py", timings, color)
-            found = _culprit_story(say, blocking)
+            found = _culprit_story(say, blocking, workdir)
             _fix(say)
             _step(
                 say,
