@@ -43,7 +43,8 @@ _WAIT_PREFIXES = (
     "input",
     "concurrent.futures.",
 )
-_CPU_RATIO = 0.5
+# A computing thread on a busy machine may get a fraction of a core; a waiting one ~0.
+_CPU_RATIO = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,13 +96,34 @@ def _with_code(frame: Frame) -> Frame:
     return Frame(frame.file, frame.line, frame.function, text or None)
 
 
-def _kind(samples: Sequence[Sample], call: str | None) -> StallKind:
+def _graft(inner: tuple[Frame, ...], full: Sequence[Sample]) -> tuple[Frame, ...]:
+    """Complete a truncated stack with the outer frames of a full sample of the same callback.
+
+    The join is the longest overlap on (file, function); the outer part comes from another
+    moment of the same callback, so it is approximate.
+    """
+    if not full or not inner:
+        return inner
+    outer = max(full, key=lambda s: len(s.frames)).frames
+    for k in range(len(outer)):
+        span = min(len(inner), len(outer) - k)
+        if all(
+            (outer[k + j].file, outer[k + j].function) == (inner[j].file, inner[j].function)
+            for j in range(span)
+        ):
+            return outer[:k] + inner
+    return inner
+
+
+def _kind(samples: Sequence[Sample], call: str | None, method: str) -> StallKind:
+    if method == "faulthandler":
+        return "cpu"  # only C code holding the GIL keeps the watchdog from sampling
     timed = [s for s in samples if s.cpu is not None]
     if len(timed) >= 2 and timed[-1].t - timed[0].t > 0.02:
         used = (timed[-1].cpu or 0.0) - (timed[0].cpu or 0.0)
         return "cpu" if used / (timed[-1].t - timed[0].t) >= _CPU_RATIO else "wait"
     if call is None:
-        return "cpu" if samples and samples[-1].method == "faulthandler" else "unknown"
+        return "unknown"
     return "wait" if call.startswith(_WAIT_PREFIXES) else "unknown"
 
 
@@ -139,6 +161,9 @@ def build_stall(
     call = max(calls, key=lambda k: calls[k])
     # The deepest of the chosen samples shows the most of the stack.
     rep = max(chosen, key=lambda sw: (len(sw[0].frames), sw[0].t))[0]
+    stack = rep.frames
+    if rep.truncated:
+        stack = _graft(rep.frames, [s for s in ordered if not s.truncated])
     counts = Counter(s.frames[s.culprit] for s in usable)
     named = next((s for s in ordered if s.task is not None or s.callback is not None), rep)
     return base.with_updates(
@@ -147,8 +172,8 @@ def build_stall(
         callback=named.callback if named.task is None else None,
         culprit=_with_code(rep.frames[rep.culprit]),
         call=call,
-        kind=_kind(ordered, call),
-        stack=tuple(_with_code(f) for f in rep.frames),
+        kind=_kind(ordered, call, rep.method),
+        stack=tuple(_with_code(f) for f in stack),
         samples=tuple(SampleCount(_with_code(f), n) for f, n in counts.most_common()),
         sample_count=len(ordered),
         method=rep.method,

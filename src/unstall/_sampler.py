@@ -40,6 +40,8 @@ class Sample:
     callback: str | None = None
     cpu: float | None = None
     method: str = "sampler"
+    truncated: bool = False
+    """The stack lost its outer frames (faulthandler keeps the innermost 100)."""
 
 
 def frame_record(code: types.CodeType, line: int) -> Frame:

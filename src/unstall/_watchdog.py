@@ -144,7 +144,10 @@ class Monitor:
             probe = self._probes.get(id(loop))
             if probe is None or probe.loop is not loop:
                 probe = self._probes[id(loop)] = LoopProbe(loop, self.threshold)
-        probe.start(mid_iteration)
+            probe.start(mid_iteration)
+            # Arm the faulthandler timer now: the loop may enter C code holding the GIL
+            # before the watchdog thread runs again.
+            self._merge_dumps(_faultdump.tick(_monotonic(), True, self.threshold))
 
     def _detach(self, probe: LoopProbe) -> None:
         probe.unwrap()
@@ -180,7 +183,7 @@ class Monitor:
         with self._lock:
             now = _monotonic()
             active = any(p.running for p in self._probes.values())
-            dumps = _faultdump.tick(now, active and self._watchers != [])
+            dumps = _faultdump.tick(now, active and self._watchers != [], self.threshold)
             if dumps:
                 self._merge_dumps(dumps)
             for key, probe in list(self._probes.items()):
