@@ -22,6 +22,7 @@ from __future__ import annotations
 from unstall import from_thread
 from unstall._iterate import iterate
 from unstall._limiter import Limiter
+from unstall._metrics import enable_metrics
 from unstall._offload import offload
 from unstall._process_pool import ProcessPool, WorkerDiedError, to_process
 from unstall._stall import Frame, LoopInfo, Report, ReportError, Stall
@@ -45,6 +46,7 @@ __all__ = [
     "WorkerDiedError",
     "__version__",
     "cancelled",
+    "enable_metrics",
     "from_thread",
     "iterate",
     "offload",
