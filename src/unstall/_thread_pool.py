@@ -27,6 +27,7 @@ import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, ParamSpec, TypeVar
 
+from unstall import _inbox
 from unstall._checks import (
     _describe,
     validate_callable,
@@ -34,7 +35,7 @@ from unstall._checks import (
 )
 from unstall._inbox import Inbox, inbox_for
 from unstall._target import CancelMode
-from unstall._worker_context import cancelled, set_current
+from unstall._worker_context import _local, cancelled
 
 __all__ = ["DEFAULT_IDLE_TIMEOUT", "DEFAULT_MAX_WORKERS", "ThreadPool", "cancelled", "to_thread"]
 
@@ -49,6 +50,7 @@ DEFAULT_IDLE_TIMEOUT = 10.0
 """Seconds a worker waits for work before it exits (pools of more than one thread)."""
 
 _logger = logging.getLogger("unstall")
+_CoroutineType = types.CoroutineType
 
 
 def _late_failure(func: object, exc: BaseException) -> None:
@@ -108,11 +110,11 @@ class _Job:
             self.claim.pop()
         except IndexError:
             return
-        set_current(self)
+        _local.call = self
         try:
             value = self.ctx.run(self.func, *self.args, **self.kwargs)
             ok = True
-            if type(value) is types.CoroutineType:
+            if type(value) is _CoroutineType:
                 value.close()
                 raise TypeError(
                     f"{_describe(self.func)} returned a coroutine: await it directly "
@@ -122,7 +124,7 @@ class _Job:
             ok = False
             value = _storable(exc)
         finally:
-            set_current(None)
+            _local.call = None
         self.inbox.deliver(self, ok, value)
         # The traceback keeps this frame alive: break the exception -> frame -> job cycle.
         value = None
@@ -311,16 +313,27 @@ class ThreadPool:
 
     def _work(self) -> None:
         get = self._queue.get
+        empty = self._queue.empty
         timeout = self._idle_timeout
+        # Jobs finished since this thread last counted itself idle: it counts them only
+        # before it may block, so a busy thread does not take the lock once per job.
+        # Counting late only errs towards starting a thread too many, never too few.
+        done = 0
         while True:
+            if done and empty():
+                with self._lock:
+                    self._idle += done
+                done = 0
             try:
                 job = get(timeout=timeout)
             except queue.Empty:
                 with self._lock:
-                    if self._queue.empty():
-                        self._idle -= 1
+                    if empty():
+                        self._idle += done - 1
                         self._threads.discard(threading.current_thread())
                         return
+                    self._idle += done
+                done = 0
                 continue
             if job is None:  # shutdown
                 with self._lock:
@@ -328,8 +341,7 @@ class ThreadPool:
                 return
             job.run()
             del job
-            with self._lock:
-                self._idle += 1
+            done += 1
 
     def shutdown(self, wait: bool = True) -> None:
         """Stop accepting calls; threads exit after running the calls already queued.
@@ -422,8 +434,20 @@ async def to_thread(func: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) 
             inside it.
     """
     validate_callable(func)
+    # ThreadPool.submit inlined: this is the hot path.
     pool = _default or default_thread_pool()
-    return await pool.submit(func, args, kwargs)
+    loop = asyncio.get_running_loop()
+    inbox = _inbox._last
+    if inbox is None or inbox.loop is not loop:
+        inbox = inbox_for(loop)
+    fut: asyncio.Future[T] = loop.create_future()
+    job = _Job(func, args, kwargs, fut, inbox)
+    pool._put(job)
+    try:
+        return await fut
+    except asyncio.CancelledError:
+        await _on_cancel(job, fut, "abandon")
+        raise
 
 
 def _reset_after_fork() -> None:

@@ -21,16 +21,12 @@ class CurrentCall(Protocol):
     def cancel_requested(self) -> bool: ...
 
 
-_local = threading.local()
+_local = threading.local()  # .call: the CurrentCall running in this thread, set by workers
 
 _OUTSIDE = (
     "{what} can only be called inside a call offloaded by unstall "
     "(unstall.to_thread, @unstall.offload, ThreadPool.run, unstall.iterate)"
 )
-
-
-def set_current(call: CurrentCall | None) -> None:
-    _local.call = call
 
 
 def current_call(what: str) -> CurrentCall:

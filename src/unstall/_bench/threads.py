@@ -1,0 +1,161 @@
+"""Bench section "threads": unstall.to_thread against asyncio.to_thread and its peers.
+
+Two figures per implementation, on each event loop:
+
+- latency: sequential awaits of a trivial function (one call in flight), per call;
+- throughput: 64 coroutines each awaiting calls back to back (64 calls in flight).
+
+Implementations run interleaved, round after round (the order rotates each round), and each
+figure is the median of the rounds, so a noisy neighbour hits every implementation alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import unstall
+from unstall._bench import BenchOptions
+from unstall._bench._table import Table, fmt_ratio, fmt_us
+
+IN_FLIGHT = 64
+BASELINE = "asyncio.to_thread"
+
+Call = Callable[[], Awaitable[Any]]
+
+
+def _trivial() -> int:
+    return 1
+
+
+def _implementations(loop: asyncio.AbstractEventLoop) -> tuple[dict[str, Call], list[str]]:
+    """Name -> a zero-argument async callable running ``_trivial`` in a thread."""
+    impls: dict[str, Call] = {
+        "unstall.to_thread": lambda: unstall.to_thread(_trivial),
+        BASELINE: lambda: asyncio.to_thread(_trivial),
+        "loop.run_in_executor": lambda: loop.run_in_executor(None, _trivial),
+    }
+    missing = []
+    if importlib.util.find_spec("anyio"):
+        import anyio.to_thread
+
+        impls["anyio.to_thread.run_sync"] = lambda: anyio.to_thread.run_sync(_trivial)
+    else:
+        missing.append("anyio")
+    if importlib.util.find_spec("asyncer"):
+        from asyncer import asyncify
+
+        asyncified = asyncify(_trivial)
+        impls["asyncer.asyncify"] = asyncified
+    else:
+        missing.append("asyncer")
+    if importlib.util.find_spec("asgiref"):
+        from asgiref.sync import sync_to_async
+
+        impls["asgiref sync_to_async"] = sync_to_async(_trivial, thread_sensitive=False)
+    else:
+        missing.append("asgiref")
+    return impls, missing
+
+
+async def _latency(call: Call, n: int) -> float:
+    start = time.perf_counter()
+    for _ in range(n):
+        await call()
+    return (time.perf_counter() - start) / n
+
+
+async def _throughput(call: Call, per_task: int) -> float:
+    async def chain() -> None:
+        for _ in range(per_task):
+            await call()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(chain() for _ in range(IN_FLIGHT)))
+    return IN_FLIGHT * per_task / (time.perf_counter() - start)
+
+
+async def _measure(
+    loop: asyncio.AbstractEventLoop, rounds: int, n_latency: int, per_task: int
+) -> tuple[dict[str, float], dict[str, float], list[str]]:
+    impls, missing = _implementations(loop)
+    names = list(impls)
+    for call in impls.values():  # warm up: threads started, code paths hot
+        await _throughput(call, 3)
+    latency: dict[str, list[float]] = {name: [] for name in names}
+    throughput: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for name in order:
+            latency[name].append(await _latency(impls[name], n_latency))
+            throughput[name].append(await _throughput(impls[name], per_task))
+    return (
+        {n: statistics.median(v) for n, v in latency.items()},
+        {n: statistics.median(v) for n, v in throughput.items()},
+        missing,
+    )
+
+
+def _new_loop(kind: str) -> asyncio.AbstractEventLoop | None:
+    if kind == "uvloop":
+        if importlib.util.find_spec("uvloop") is None:
+            return None
+        import uvloop
+
+        loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+        return loop
+    return asyncio.new_event_loop()
+
+
+def run(opts: BenchOptions) -> list[Table]:
+    """Measure every implementation on every loop of ``opts.loops``; one table per loop."""
+    rounds, n_latency, per_task = (3, 300, 20) if opts.quick else (9, 2000, 150)
+    tables = []
+    for kind in opts.loops:
+        loop = _new_loop(kind)
+        table = Table(
+            title=f"Threads: a trivial call, on the {kind} loop",
+            columns=[
+                "implementation",
+                "latency per call",
+                "latency vs asyncio.to_thread",
+                f"throughput ({IN_FLIGHT} in flight)",
+                "throughput vs asyncio.to_thread",
+            ],
+        )
+        if loop is None:
+            table.notes.append(f"{kind} is not installed: pip install '.[bench]' to measure it")
+            tables.append(table)
+            continue
+        try:
+            latency, throughput, missing = loop.run_until_complete(
+                _measure(loop, rounds, n_latency, per_task)
+            )
+            loop.run_until_complete(loop.shutdown_default_executor())
+        finally:
+            loop.close()
+        for name in latency:
+            table.add(
+                name,
+                fmt_us(latency[name]),
+                fmt_ratio(latency[name] / latency[BASELINE]),
+                f"{throughput[name]:,.0f} calls/s",
+                fmt_ratio(throughput[name] / throughput[BASELINE]),
+            )
+        table.notes += [
+            f"median of {rounds} interleaved rounds; latency: {n_latency} sequential awaits, "
+            f"throughput: {IN_FLIGHT} tasks x {per_task} awaits"
+            + (" (--quick: noisy, not for publishing)" if opts.quick else ""),
+            "latency ratio: lower is better; throughput ratio: higher is better",
+            f"threads: unstall up to {unstall.ThreadPool().max_workers}; asyncio's default "
+            f"executor up to {min(32, (os.cpu_count() or 1) + 4)}; anyio up to 40",
+        ]
+        if missing:
+            table.notes.append(f"not installed, not measured: {', '.join(missing)}")
+        tables.append(table)
+    return tables
