@@ -550,9 +550,47 @@ def test_html_output_is_written(tmp_path: Path) -> None:
     assert "slow_function" in page
 
 
-def test_strict_option_runs_the_program_with_strict_mode(tmp_path: Path) -> None:
-    write(tmp_path / "app.py", BLOCKER)
-    proc = run_unstall(["--strict", "app.py", "0.2"], tmp_path)
+def test_strict_option_warns_about_blocking_calls_below_the_threshold(tmp_path: Path) -> None:
+    app = write(tmp_path / "app.py", BLOCKER)
+    proc = run_unstall(["--strict", "app.py", "0.02"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "program done\n"
-    assert "slow_function" in proc.stderr
+    assert "BlockingCallWarning" in proc.stderr
+    assert f"app.py:{line_of(app, 'time.sleep(seconds)')} in slow_function" in proc.stderr
+    assert "never stalled above 0.1 s" in proc.stderr  # too short for the watcher, not for strict
+
+
+def test_forked_child_does_not_print_the_parents_report(tmp_path: Path) -> None:
+    write(
+        tmp_path / "forks.py",
+        """\
+        import os, sys
+        pid = os.fork()
+        if pid == 0:
+            print("child", flush=True)
+            sys.exit(0)  # a normal exit: atexit hooks run in the child too
+        os.waitpid(pid, 0)
+        print("parent")
+        """,
+    )
+    proc = run_unstall(["forks.py"], tmp_path)
+    assert proc.returncode == 0
+    assert proc.stdout == "child\nparent\n"
+    assert proc.stderr.count("unstall: the loop never stalled") == 1
+
+
+def test_the_console_script_is_transparent_too(tmp_path: Path) -> None:
+    script = Path(sys.executable).with_name("unstall")
+    assert script.exists(), "the package is installed with its `unstall` command in development"
+    write(tmp_path / "probe.py", PROBE)
+    plain = run_python(["probe.py", "x"], tmp_path)
+    watched = subprocess.run(
+        [str(script), "run", "probe.py", "x"],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert watched.returncode == plain.returncode == 0
+    assert watched.stdout == plain.stdout
+    assert json.loads(watched.stdout)["path0"] == str(tmp_path)

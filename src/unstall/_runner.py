@@ -464,7 +464,9 @@ def _flush_std() -> None:
             stream.flush()
 
 
-def _finish(session: Session) -> None:
+def _finish(session: Session, pid: int) -> None:
+    if os.getpid() != pid:
+        return  # a forked child exiting normally: the report belongs to the parent
     session.finish()
     if _end_by_sigint:
         # python ends a program killed by an uncaught KeyboardInterrupt with SIGINT itself
@@ -493,5 +495,5 @@ def main(argv: list[str]) -> int:
     except UsageError as exc:
         print(f"unstall run: {exc}", file=sys.stderr)
         return 2
-    atexit.register(_finish, session)
+    atexit.register(_finish, session, os.getpid())
     return execute(program, opts.args)
