@@ -459,3 +459,54 @@ def test_clean_exit_leaves_no_processes_and_no_warnings(tmp_path: Path) -> None:
     while not all(gone(p) for p in pids):
         assert time.monotonic() < deadline
         time.sleep(0.05)
+
+
+# -- through the public API: to_process, offload(on="process"), ProcessPool.run ------------
+
+
+def interval(seconds: float) -> tuple[float, float]:
+    start = time.time()
+    time.sleep(seconds)
+    return start, time.time()
+
+
+@pytest.mark.asyncio
+async def test_to_process_round_trip() -> None:
+    assert await unstall.to_process(add, 1, b=2) == 3
+    assert await unstall.to_process(lambda: os.getpid()) != os.getpid()
+
+
+@pytest.mark.asyncio
+async def test_to_process_rejects_bad_input() -> None:
+    async def coro() -> None:
+        pass
+
+    with pytest.raises(TypeError):
+        await unstall.to_process(None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="await"):
+        await unstall.to_process(coro)
+
+
+@pytest.mark.asyncio
+async def test_offload_process_timeout_kills(tmp_path: Path) -> None:
+    marker = tmp_path / "pids"
+    hang = unstall.offload(on="process", timeout=1.0)(spawn_child_and_hang)
+    with pytest.raises(TimeoutError):
+        await hang(str(marker))
+    await wait_gone(*await read_pids(marker))
+    assert await unstall.to_process(add, 2, 3) == 5
+
+
+@pytest.mark.asyncio
+async def test_offload_process_limit() -> None:
+    one_at_a_time = unstall.offload(on="process", limit=1)(interval)
+    spans = sorted(await asyncio.gather(*(one_at_a_time(0.1) for _ in range(3))))
+    for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+        assert start >= end - 0.01  # never overlapping
+
+
+@pytest.mark.asyncio
+async def test_pool_run_and_offload_on_a_pool(pool: ProcessPool) -> None:
+    assert await pool.run(add, 40, b=2) == 42
+    double = unstall.offload(on=pool)(lambda x: x * 2)
+    assert await double(21) == 42
