@@ -43,16 +43,32 @@ def callee_path(code: types.CodeType, lasti: int) -> tuple[str, ...] | None:
         parts += lines[line : end_line - 1]
         parts.append(lines[end_line - 1].encode()[:end_col].decode(errors="replace"))
         text = "".join(parts)
+    if code.co_code[lasti] == _BEFORE_WITH:
+        return _with_target(text)
     try:
         node = ast.parse(text.strip(), mode="eval").body
     except SyntaxError:
         return None
-    if code.co_code[lasti] == _BEFORE_WITH:
-        path = _dotted(node)
-        return None if path is None else (*path, "__enter__")
     if isinstance(node, ast.Call):
         return _dotted(node.func)
     return None
+
+
+def _with_target(text: str) -> tuple[str, ...] | None:
+    """``("lock", "__enter__")`` for ``with lock:`` (the span covers the whole statement)."""
+    head = text.strip().splitlines()[0] if text.strip() else ""
+    try:
+        tree = ast.parse(head + "\n    pass")
+    except SyntaxError:
+        return None
+    stmt = tree.body[0] if tree.body else None
+    if not isinstance(stmt, ast.With) or not stmt.items:
+        return None
+    expr = stmt.items[0].context_expr
+    path = _dotted(expr.func if isinstance(expr, ast.Call) else expr)
+    if path is None:
+        return None
+    return path if isinstance(expr, ast.Call) else (*path, "__enter__")
 
 
 def callee_from_line(line: str) -> str | None:

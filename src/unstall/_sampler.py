@@ -34,7 +34,9 @@ class Sample:
     """Index of the culprit in ``frames``; ``-1`` when the stack is empty."""
     call: str | None = None
     root: int | None = None
-    """Identity of the running callback's first frame; ``None`` when unknown."""
+    """Identity of the running callback (its task, handle or first frame); ``None`` if unknown."""
+    anchor: object = None
+    """The object ``root`` is the id of, kept alive so that the id is not reused meanwhile."""
     task: str | None = None
     coro: str | None = None
     callback: str | None = None
@@ -78,8 +80,6 @@ def capture(
         sample.call = call_at(chain[index]) if index >= 0 else None
     except Exception:  # naming the call is best effort: never break sampling
         sample.call = None
-    if start < len(chain):
-        sample.root = id(chain[start])
     _describe_running(sample, loop, chain, start)
     if cpu_clock is not None:
         try:
@@ -97,6 +97,7 @@ def _describe_running(
     except Exception:
         task = None
     if task is not None:
+        sample.root, sample.anchor = id(task), task
         sample.task = task.get_name()
         coro = task.get_coro()
         sample.coro = getattr(coro, "__qualname__", None) or type(coro).__qualname__
@@ -104,9 +105,11 @@ def _describe_running(
     if start > 0 and chain[start - 1].f_code.co_name == "_run":
         handle = chain[start - 1].f_locals.get("self")
         if isinstance(handle, asyncio.Handle):
+            sample.root, sample.anchor = id(handle), handle
             sample.callback = _handle_repr(handle)
             return
     if start < len(chain):
+        sample.root, sample.anchor = id(chain[start]), chain[start]
         code = chain[start].f_code
         sample.callback = f"{code.co_qualname}() at {code.co_filename}:{code.co_firstlineno}"
 

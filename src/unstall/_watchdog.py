@@ -58,8 +58,7 @@ class Monitor:
         self._probes: dict[int, LoopProbe] = {}
         self._tracks: dict[int, _Track] = {}
         self._thread: threading.Thread | None = None
-        self._wake = threading.Event()
-        self._stopping = False
+        self._stop_event = threading.Event()
         self.threshold = 0.1
 
     # -- watchers ------------------------------------------------------------------------
@@ -71,9 +70,9 @@ class Monitor:
             self._retune()
             _loop_hooks.set_listener(self._on_loop)
             if self._thread is None:
-                self._stopping = False
+                self._stop_event = threading.Event()
                 self._thread = threading.Thread(
-                    target=self._run, name="unstall-watchdog", daemon=True
+                    target=self._run, args=(self._stop_event,), name="unstall-watchdog", daemon=True
                 )
                 self._thread.start()
         target = watcher.loop
@@ -99,8 +98,7 @@ class Monitor:
             if not self._watchers:
                 _loop_hooks.set_listener(None)
                 thread, self._thread = self._thread, None
-                self._stopping = True
-                self._wake.set()
+                self._stop_event.set()
         if thread is not None and thread is not threading.current_thread():
             thread.join()
         if thread is not None:
@@ -166,15 +164,15 @@ class Monitor:
 
     # -- the watchdog --------------------------------------------------------------------
 
-    def _run(self) -> None:
-        while not self._stopping:
+    def _run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
             try:
                 sampling = self.poll()
             except Exception:
                 _log.exception("unstall: watchdog error")
                 sampling = False
             pause = SAMPLE_EVERY_S if sampling else min(self.threshold / 4, 0.025)
-            self._wake.wait(pause)
+            stop.wait(pause)
 
     def poll(self) -> bool:
         """One look at every loop; returns whether a loop is being sampled."""
