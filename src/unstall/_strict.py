@@ -129,7 +129,7 @@ def _policy() -> _Policy | None:
 
 
 def _describe(rule: Rule, args: tuple[Any, ...], method: bool) -> str:
-    shown = args[1:] if method else args
+    shown = args[1:] if method else args[:2] if rule.call == "open" else args
     try:
         text = ", ".join(reprlib.repr(a) for a in shown[:3])
     except Exception:
@@ -186,6 +186,7 @@ def _build_error(rule: Rule, shown: str, frames: Sequence[FrameType]) -> Blockin
 
 
 def _emit(policy: _Policy, error: BlockingCallError, site: FrameType | None) -> None:
+    __tracebackhide__ = True  # pytest: show the user's line, not strict mode's frames
     if policy.sink is not None:
         policy.sink(error)
     if policy.action == "raise":
@@ -202,6 +203,7 @@ def _emit(policy: _Policy, error: BlockingCallError, site: FrameType | None) -> 
 
 def _judge(rule: Rule, args: tuple[Any, ...], method: bool, policy: _Policy) -> None:
     """Report the call unless an allow-list covers it. Runs with ``_tls.depth`` set."""
+    __tracebackhide__ = True
     if policy.allow.allows_call(rule.call):
         return
     frames = callback_frames(sys._getframe(1), _OWN_FILES)
@@ -220,6 +222,7 @@ def _wrap(patch: Patch, original: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(original)
     def checked(*args: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True
         if _get_running_loop() is None or getattr(_tls, "depth", False):
             return original(*args, **kwargs)
         policy = _policy()
@@ -237,6 +240,7 @@ def _wrap(patch: Patch, original: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _audit_hook(event: str, args: tuple[Any, ...]) -> None:
+    __tracebackhide__ = True
     if not _active:
         return
     rule = AUDIT_RULES.get(event)
