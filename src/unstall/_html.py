@@ -98,7 +98,7 @@ def _downsample(points: Sequence[tuple[float, float]], limit: int) -> list[list[
 
 def _lanes(report: Report) -> list[LoopInfo]:
     """The report's loops, plus one for any loop that only appears in a stall."""
-    lanes = list(report.loops)
+    lanes = sorted(report.loops, key=lambda loop: loop.thread != "MainThread")
     known = {loop.id for loop in lanes}
     for stall in report.stalls:
         if stall.loop not in known:

@@ -134,9 +134,10 @@
     svg("line", { x1: M.left, x2: M.left + plotW, y1: M.axis - 4, y2: M.axis - 4, class: "axis" }, chart);
   }
 
-  function lagScale(lane) {
+  // One scale for every lane, so lanes compare at a glance.
+  function lagScale() {
     let top = Math.max(data.meta.threshold * 3, 0.01);
-    for (const p of lane.lag) top = Math.max(top, p[1]);
+    for (const lane of data.lanes) for (const p of lane.lag) top = Math.max(top, p[1]);
     const lo = -3, hi = Math.ceil(Math.log10(top));
     return { lo: lo, hi: hi, y: (v, y0) => y0 + M.chart * (1 - (Math.log10(Math.max(v, 1e-3)) - lo) / (hi - lo)) };
   }
@@ -145,7 +146,7 @@
     const top = M.axis + index * laneHeight();
     const stalls = byLane[index];
     const blocked = stalls.reduce((a, s) => a + s.dur, 0);
-    const title = svg("text", { x: M.left, y: top + 16, class: "lane-title" }, chart);
+    const title = svg("text", { x: M.left, y: top + 16, class: "lane-title halo" }, chart);
     title.textContent = clip(lane.thread, Math.max(12, Math.floor(plotW / 16)));
     const meta = svg("tspan", { class: "m", dx: 8 }, title);
     const compact = plotW < 460;
@@ -153,7 +154,7 @@
       (stalls.length === 1 ? "" : "s") + (stalls.length ? " · " + fmtDur(blocked) + " blocked" : "");
     const y0 = top + M.title;
     svg("rect", { x: M.left, y: y0, width: plotW, height: M.chart, class: "chart-bg", rx: 3 }, chart);
-    const scale = lagScale(lane);
+    const scale = lagScale();
     const every = (scale.hi - scale.lo) > 4 ? 2 : 1;
     for (let d = scale.lo; d <= scale.hi; d += every) {
       const py = scale.y(Math.pow(10, d), y0);
@@ -179,8 +180,20 @@
     for (const s of stalls) drawBar(chart, s, x, trackY, plotW);
   }
 
+  // A heartbeat measured lag L at time t: the loop was blocked from t - L on, so the
+  // line starts rising there, not at the previous (earlier) measurement.
+  function rising(lag) {
+    const out = [];
+    lag.forEach((p, k) => {
+      const prev = lag[k - 1], from = p[0] - p[1];
+      if (prev && from > prev[0] && p[1] > data.meta.threshold / 2) out.push([from, prev[1]]);
+      out.push(p);
+    });
+    return out;
+  }
+
   function lagPath(chart, lane, x, scale, y0, plotW) {
-    const pts = lane.lag.filter((p, k, all) => {
+    const pts = rising(lane.lag).filter((p, k, all) => {
       const next = all[k + 1], prev = all[k - 1];
       return (p[0] >= state.t0 || (next && next[0] >= state.t0)) && (p[0] <= state.t1 || (prev && prev[0] <= state.t1));
     });
@@ -218,7 +231,7 @@
     bar.addEventListener("keydown", (e) => keyNav(e, s));
     if (!visible) return;
     const name = (s.ongoing ? "HANG " : "") + culpritName(s);
-    if (w > 7 * name.length + 10) {
+    if (w > 6.4 * name.length + 10) {
       const t = svg("text", { x: x1 + 5, y: trackY + 14,
         class: "bar-label" + (sev === "minor" ? " dark" : "") + (s.ongoing ? " halo-hang" : "") }, chart);
       t.textContent = name;
@@ -389,8 +402,12 @@
       pending = true;
       requestAnimationFrame(() => { pending = false; lastWidth = root.clientWidth; draw(); });
     });
-    const linked = /^#stall=(\d+)$/.exec(location.hash);
-    if (linked && data.stalls[Number(linked[1])]) select(Number(linked[1]));
+    const linked = /^#stall=(\d+|worst)$/.exec(location.hash);
+    if (linked && data.stalls.length) {
+      const worst = data.stalls.reduce((a, s) => (s.dur > a.dur ? s : a));
+      const pick = linked[1] === "worst" ? worst : data.stalls[Number(linked[1])];
+      if (pick) select(pick.i);
+    }
     if (!errors.length) body.setAttribute("data-rendered", "ok");
   } catch (e) {
     fail(e && e.stack ? e.stack : e);
