@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from unstall import Report
-from unstall._runner import Options, UsageError, parse_args
+from unstall import Frame, Report, Stall
+from unstall._runner import Options, UsageError, _worth_a_line, parse_args
 
 PY = sys.executable
 
@@ -123,6 +123,21 @@ def test_module_form_and_inline_values() -> None:
 def test_bad_arguments_are_usage_errors(argv: list[str], message: str) -> None:
     with pytest.raises(UsageError, match=message):
         parse_args(argv)
+
+
+def test_live_lines_of_a_long_hang_thin_out() -> None:
+    here = Frame("/app.py", 3, "f", "time.sleep(600)")
+    hang = Stall(1.0, 0.1, "MainThread", 1, "loop", culprit=here, ongoing=True)
+    printed, previous = [], None
+    for second in range(200):
+        stall = hang.with_updates(duration_s=0.1 + second)
+        if _worth_a_line(previous, stall):
+            printed.append(round(stall.duration_s, 1))
+        previous = stall
+    assert printed == [0.1, 1.1, 2.1, 5.1, 10.1, 20.1, 30.1, 60.1, 120.1, 180.1]
+    moved = stall.with_updates(duration_s=stall.duration_s + 1, culprit=Frame("/app.py", 9, "g"))
+    assert _worth_a_line(stall, moved)
+    assert _worth_a_line(stall, hang.with_updates(start_s=50.0))  # another hang
 
 
 # --- bad input on the command line: one line, exit 2 ---------------------------------------------
@@ -369,6 +384,9 @@ def test_summary_and_json_name_the_blocking_line(tmp_path: Path) -> None:
     assert 0.4 <= stall.duration_s < 3.0
     assert stall.ongoing is False
     assert report.argv == ["app.py", "0.5"]
+    assert stall.stack[0].file == str(app)  # the program's <module> first: no start-up frames
+    assert stall.stack[0].function == "<module>"
+    assert stall.stack[-1] == stall.culprit or stall.stack[-1].function == "slow_function"
     assert report.threshold_s == 0.1
     raw = json.loads((tmp_path / "report.json").read_text())
     assert {"version", "threshold_s", "stalls"} <= raw.keys()

@@ -334,8 +334,9 @@ class Session:
 
     def _on_hang(self, stall: Stall) -> None:
         with self._lock:
+            previous = self._ongoing.get((stall.thread_id, stall.loop))
             self._ongoing[(stall.thread_id, stall.loop)] = stall
-        if not self.opts.quiet:
+        if not self.opts.quiet and _worth_a_line(previous, stall):
             _say(render_hang_line(stall, color=self._color))
         self._dirty.set()  # written by our own thread: never block the watcher's
 
@@ -359,7 +360,7 @@ class Session:
         for stall in ongoing:
             if (stall.thread_id, stall.loop, round(stall.start_s, 1)) not in known:
                 report.stalls.append(stall)
-        report.stalls.sort(key=lambda s: s.start_s)
+        report.stalls = sorted((_without_runner(s) for s in report.stalls), key=lambda s: s.start_s)
         return report
 
     def _write_json(self, report: Report | None = None) -> None:
@@ -402,6 +403,29 @@ class Session:
             if path and writer is not None:
                 _call_quietly(functools.partial(writer, report, path), f"write {path!r}")
         _flush_std()
+
+
+# Live lines of a long hang thin out (the --json file still follows every update).
+_MILESTONES_S = (1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0)
+
+
+def _worth_a_line(previous: Stall | None, stall: Stall) -> bool:
+    """A new hang, a hang that moved to another line, or one that passed a milestone."""
+    if previous is None or abs(previous.start_s - stall.start_s) > 1e-3:
+        return True
+    if previous.culprit != stall.culprit:
+        return True
+    before, now = previous.duration_s, stall.duration_s
+    passed = [m for m in _MILESTONES_S if before < m <= now]
+    return bool(passed) or (now >= 60.0 and before // 60.0 != now // 60.0)
+
+
+def _without_runner(stall: Stall) -> Stall:
+    """Drop the frames of python's and unstall's start-up above the program's ``<module>``."""
+    for index, frame in enumerate(stall.stack):
+        if frame.file == __file__ and frame.function == "execute":
+            return stall.with_updates(stack=stall.stack[index + 1 :])
+    return stall
 
 
 def _load_writers(opts: Options) -> dict[str, Callable[[Report, str], None]]:
