@@ -3,8 +3,8 @@
 Why not ``loop.run_in_executor``: every call there pays for a ``concurrent.futures.Future``
 (with its own lock and condition), an asyncio future chained to it, and one
 ``call_soon_threadsafe`` per result. Here a call is one small job object, one asyncio
-future from ``loop.create_future()`` and a put on a ``queue.SimpleQueue`` (implemented in
-C); results go back through the loop's :class:`~unstall._inbox.Inbox`, one wake-up per
+future from ``loop.create_future()`` and an append to a deque (a busy thread takes the next
+job without any lock; an idle one is woken, the most recently idle first); results go back through the loop's :class:`~unstall._inbox.Inbox`, one wake-up per
 burst.
 
 Threads are started lazily (only when no worker is idle), capped at ``max_workers``,
@@ -20,10 +20,10 @@ import itertools
 import logging
 import math
 import os
-import queue
 import threading
 import types
 import weakref
+from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, ParamSpec, TypeVar
 
@@ -171,6 +171,19 @@ class _Detached:
             _late_failure(self.func, exc)
 
 
+_WOKEN, _RECHECK, _EXIT = object(), object(), object()
+
+
+class _Worker:
+    """What a parked worker thread waits on."""
+
+    __slots__ = ("wakeup",)
+
+    def __init__(self) -> None:
+        self.wakeup = threading.Lock()  # held while parked; released to wake the thread
+        self.wakeup.acquire()
+
+
 _pools: weakref.WeakSet[ThreadPool] = weakref.WeakSet()
 
 
@@ -218,10 +231,12 @@ class ThreadPool:
 
     def _init_state(self) -> None:
         self._lock = threading.Lock()
-        self._queue: queue.SimpleQueue[_Job | _Detached | None] = queue.SimpleQueue()
-        # Invariant (under _lock): _idle == threads waiting for work - jobs in the queue.
-        # Negative means jobs wait for a busy thread.
-        self._idle = 0
+        self._jobs: deque[_Job | _Detached] = deque()
+        # Idle workers, most recently idle last: a new job wakes the hottest thread (its
+        # caches are warm; with a FIFO of waiters, sequential calls rotate over all threads
+        # and each call pays for a cold one).
+        self._idle: list[_Worker] = []
+        self._waking = False
         self._threads: set[threading.Thread] = set()
         self._counter = itertools.count(1)
 
@@ -296,52 +311,96 @@ class ThreadPool:
         """Run ``func()`` in this pool without waiting for it; failures are logged."""
         self._put(_Detached(func))
 
+    # Lock-free hand-off: deque.append/popleft, list.append/pop/remove and attribute
+    # stores are atomic, and both sides publish before they check (a job is appended before
+    # the idle list is read; a worker parks itself before it looks for jobs again), so no
+    # job is left behind with every thread parked. The lock guards starting/retiring threads.
+    #
+    # At most one wake-up is in flight (_waking): a burst of submissions wakes one thread,
+    # which wakes the next if jobs remain. Waking a thread per job instead makes every
+    # thread fight for the GIL and costs a futex call per job (as queue.SimpleQueue does
+    # for executors, one waiter is released at a time).
+
     def _put(self, job: _Job | _Detached) -> None:
-        with self._lock:
-            if self._is_shutdown:
-                raise RuntimeError(f"{self!r} is shut down: it cannot run new calls")
-            self._queue.put(job)
-            self._idle -= 1
-            if self._idle >= 0 or len(self._threads) >= self._max:
+        if self._is_shutdown:
+            raise RuntimeError(f"{self!r} is shut down: it cannot run new calls")
+        self._jobs.append(job)
+        if not self._waking:
+            self._wake_one()
+
+    def _wake_one(self) -> None:
+        """Wake the most recently idle thread, or start one below the cap."""
+        self._waking = True
+        if self._idle:
+            try:
+                self._idle.pop().wakeup.release()
                 return
-            self._idle += 1
+            except IndexError:
+                pass
+        with self._lock:
+            if len(self._threads) >= self._max:
+                self._waking = False
+                return  # a busy thread takes the job when done
             thread = threading.Thread(
                 target=self._work, name=f"{self._name}-{next(self._counter)}", daemon=True
             )
             self._threads.add(thread)
         thread.start()
 
+    def _woken(self) -> None:
+        self._waking = False
+        if len(self._jobs) > 1:  # more than this thread will take: wake the next one
+            self._wake_one()
+
     def _work(self) -> None:
-        get = self._queue.get
-        empty = self._queue.empty
-        timeout = self._idle_timeout
-        # Jobs finished since this thread last counted itself idle: it counts them only
-        # before it may block, so a busy thread does not take the lock once per job.
-        # Counting late only errs towards starting a thread too many, never too few.
-        done = 0
+        me = _Worker()
+        jobs = self._jobs
+        timeout = -1 if self._idle_timeout is None else self._idle_timeout
+        self._woken()
         while True:
-            if done and empty():
-                with self._lock:
-                    self._idle += done
-                done = 0
             try:
-                job = get(timeout=timeout)
-            except queue.Empty:
-                with self._lock:
-                    if empty():
-                        self._idle += done - 1
-                        self._threads.discard(threading.current_thread())
-                        return
-                    self._idle += done
-                done = 0
+                job = jobs.popleft()
+            except IndexError:
+                state = self._park(me, timeout)
+                if state is _EXIT:
+                    return
+                if state is _WOKEN:
+                    self._woken()
                 continue
-            if job is None:  # shutdown
-                with self._lock:
-                    self._threads.discard(threading.current_thread())
-                return
             job.run()
             del job
-            done += 1
+
+    def _park(self, me: _Worker, timeout: float) -> object:
+        """Wait for work: ``_WOKEN``, ``_RECHECK`` (look for jobs again) or ``_EXIT``."""
+        self._idle.append(me)
+        if self._jobs or self._is_shutdown:
+            state = _RECHECK if self._unpark(me) else _WOKEN
+        elif me.wakeup.acquire(timeout=timeout):
+            state = _WOKEN
+        elif self._unpark(me):  # nobody woke it before the idle timeout
+            return _RECHECK if self._keep_thread() else _EXIT
+        else:
+            state = _WOKEN
+        if self._is_shutdown and not self._keep_thread():
+            return _EXIT
+        return state
+
+    def _unpark(self, me: _Worker) -> bool:
+        """Leave the idle list; ``False`` if a submitter took it first (and woke it)."""
+        try:
+            self._idle.remove(me)
+            return True
+        except ValueError:
+            me.wakeup.acquire()  # take the wake-up that was (or is about to be) given
+            return False
+
+    def _keep_thread(self) -> bool:
+        """Retire this thread unless jobs are waiting (then it keeps working)."""
+        with self._lock:
+            if self._jobs:
+                return True
+            self._threads.discard(threading.current_thread())
+            return False
 
     def shutdown(self, wait: bool = True) -> None:
         """Stop accepting calls; threads exit after running the calls already queued.
@@ -350,11 +409,13 @@ class ThreadPool:
             wait: block until every thread has exited (not from one of its own threads).
         """
         with self._lock:
-            if not self._is_shutdown:
-                self._is_shutdown = True
-                for _ in self._threads:
-                    self._queue.put(None)
+            self._is_shutdown = True
             threads = list(self._threads)
+        while True:
+            try:
+                self._idle.pop().wakeup.release()
+            except IndexError:
+                break
         if wait:
             me = threading.current_thread()
             for thread in threads:
