@@ -7,9 +7,12 @@ import concurrent.futures
 import functools
 import inspect
 import math
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -263,3 +266,18 @@ def test_validators_are_usable_alone() -> None:
     assert validate_timeout(2) == 2.0
     with pytest.raises(ValueError):
         validate_timeout(-0.0001)
+
+
+EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("offload_*.py"))
+
+
+@pytest.mark.parametrize("script", EXAMPLES, ids=lambda p: p.name)
+def test_examples_run_cleanly(script: Path) -> None:
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    assert proc.stdout.strip()
+
+
+def test_there_are_examples() -> None:
+    assert len(EXAMPLES) >= 3

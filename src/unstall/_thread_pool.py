@@ -3,18 +3,21 @@
 Why not ``loop.run_in_executor``: every call there pays for a ``concurrent.futures.Future``
 (with its own lock and condition), an asyncio future chained to it, and one
 ``call_soon_threadsafe`` per result. Here a call is one small job object, one asyncio
-future from ``loop.create_future()`` and an append to a deque (a busy thread takes the next
-job without any lock; an idle one is woken, the most recently idle first); results go back through the loop's :class:`~unstall._inbox.Inbox`, one wake-up per
-burst.
+future from ``loop.create_future()`` and an append to a deque: a busy thread takes the
+next job without any lock, an idle one is woken (the most recently idle first, its caches
+are warm). Results go back through the loop's :class:`~unstall._inbox.Inbox`, one loop
+wake-up per burst.
 
-Threads are started lazily (only when no worker is idle), capped at ``max_workers``,
-named ``<name>-N`` and retired after ``idle_timeout`` seconds without work. A forked child
+Threads are started lazily (a burst wakes or starts one thread, which wakes the next
+while jobs remain), capped at ``max_workers``, named ``<name>-N`` and retired after
+``idle_timeout`` seconds without work. A forked child
 starts with fresh, empty pools.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import itertools
 import logging
@@ -326,7 +329,12 @@ class ThreadPool:
             raise RuntimeError(f"{self!r} is shut down: it cannot run new calls")
         self._jobs.append(job)
         if not self._waking:
-            self._wake_one()
+            try:
+                self._wake_one()
+            except RuntimeError:  # no thread could be started (interpreter shutting down)
+                with contextlib.suppress(ValueError):
+                    self._jobs.remove(job)
+                raise
 
     def _wake_one(self) -> None:
         """Wake the most recently idle thread, or start one below the cap."""
@@ -345,12 +353,19 @@ class ThreadPool:
                 target=self._work, name=f"{self._name}-{next(self._counter)}", daemon=True
             )
             self._threads.add(thread)
-        thread.start()
+        try:
+            thread.start()
+        except RuntimeError:
+            with self._lock:
+                self._threads.discard(thread)
+            self._waking = False
+            raise
 
     def _woken(self) -> None:
         self._waking = False
         if len(self._jobs) > 1:  # more than this thread will take: wake the next one
-            self._wake_one()
+            with contextlib.suppress(RuntimeError):  # no new thread: this one carries on
+                self._wake_one()
 
     def _work(self) -> None:
         me = _Worker()
