@@ -196,8 +196,10 @@ def _emit(policy: _Policy, error: BlockingCallError, site: FrameType | None) -> 
         return
     module = site.f_globals.get("__name__", "?") if site is not None else "?"
     registry = site.f_globals.setdefault("__warningregistry__", {}) if site is not None else None
+    # The warning's own header names file:line already: drop the "at" line.
+    text = "\n".join(line for line in str(error).splitlines() if not line.startswith("  at "))
     warnings.warn_explicit(
-        str(error), BlockingCallWarning, error.file, error.line, module=module, registry=registry
+        text, BlockingCallWarning, error.file, error.line, module=module, registry=registry
     )
 
 
