@@ -159,6 +159,10 @@ def build_stall(
     for s, w in chosen:
         calls[s.call] += w
     call = max(calls, key=lambda k: calls[k])
+    methods: dict[str, float] = defaultdict(float)
+    for s, w in chosen:
+        methods[s.method] += w
+    method = max(methods, key=lambda k: methods[k])
     # The deepest of the chosen samples shows the most of the stack.
     rep = max(chosen, key=lambda sw: (len(sw[0].frames), sw[0].t))[0]
     stack = rep.frames
@@ -172,9 +176,9 @@ def build_stall(
         callback=named.callback if named.task is None else None,
         culprit=_with_code(rep.frames[rep.culprit]),
         call=call,
-        kind=_kind(ordered, call, rep.method),
+        kind=_kind(ordered, call, method),
         stack=tuple(_with_code(f) for f in stack),
         samples=tuple(SampleCount(_with_code(f), n) for f, n in counts.most_common()),
         sample_count=len(ordered),
-        method=rep.method,
+        method=method,
     )
