@@ -340,3 +340,32 @@ def hostile_report() -> Report:
         f"loop {HOSTILE}", f"thread {HOSTILE}", 5, "asyncio", [(0.0, 0.001), (1.0, 0.4)]
     )
     return Report(threshold_s=0.1, stalls=[stall], loops=[loop], duration_s=2.0, argv=[HOSTILE])
+
+
+def watched_report() -> Report:
+    """A real report: ``unstall.watch()`` over two loops in two threads, one stall in each."""
+    import asyncio
+    import threading
+    import time
+
+    import unstall
+
+    async def main_loop() -> None:
+        await asyncio.sleep(0.2)
+        time.sleep(0.3)  # the main loop's stall
+        await asyncio.sleep(0.2)
+
+    async def worker_loop() -> None:
+        await asyncio.sleep(0.5)  # lets the watcher find this loop first
+        time.sleep(0.3)  # the worker loop's stall
+        await asyncio.sleep(0.2)
+
+    watcher = unstall.watch(threshold=0.1, log=False)
+    try:
+        worker = threading.Thread(target=asyncio.run, args=(worker_loop(),), name="worker")
+        worker.start()
+        asyncio.run(main_loop())
+        worker.join()
+    finally:
+        watcher.stop()
+    return watcher.report()

@@ -28,6 +28,7 @@ from report_samples import (
     hostile_report,
     many_stalls_report,
     realistic_report,
+    watched_report,
 )
 from unstall import Report
 from unstall._html import MAX_LAG_POINTS, _downsample, render_html, write_html
@@ -338,3 +339,13 @@ def test_a_script_error_is_caught_and_reported(chromium: str, tmp_path: Path) ->
     r = _render(chromium, tmp_path, page)
     assert r.dom.body.get("data-rendered") == "error"
     assert r.dom.body.get("data-errors")
+
+
+def test_a_real_watched_run(chromium: str, tmp_path: Path) -> None:
+    report = watched_report()
+    assert len(report.stalls) >= 2
+    r = _render(chromium, tmp_path, render_html(report), fragment="#stall=worst")
+    _assert_clean(r)
+    assert sorted(r.dom.bars) == list(range(len(report.stalls)))
+    assert r.dom.lag_lines == len(report.loops) >= 2
+    assert r.dom.details.get("data-selected") is not None

@@ -15,6 +15,7 @@ from report_samples import (
     hostile_report,
     many_stalls_report,
     realistic_report,
+    watched_report,
 )
 from unstall import Report
 from unstall._trace import render_trace, write_trace
@@ -109,3 +110,19 @@ def test_unwritable_path_raises_oserror(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         write_trace(realistic_report(), tmp_path / "missing-dir" / "t.json")
     assert not list(tmp_path.iterdir())
+
+
+def test_a_real_watched_run(tmp_path: Path) -> None:
+    report = watched_report()
+    assert {s.thread for s in report.stalls} == {"MainThread", "worker"}
+    trace = _load(report, tmp_path)
+    stalls = [e for e in trace["traceEvents"] if e["ph"] == "X"]
+    assert len(stalls) == len(report.stalls)
+    names = {
+        e["tid"]: e["args"]["name"] for e in trace["traceEvents"] if e["name"] == "thread_name"
+    }
+    for event in stalls:
+        assert names[event["tid"]].startswith(("MainThread", "worker"))
+        assert event["dur"] >= 100_000
+    assert any(e["name"].startswith("main_loop (report_samples.py:") for e in stalls)
+    assert [e for e in trace["traceEvents"] if e["ph"] == "C"]
