@@ -179,11 +179,14 @@ def test_cancel_closes_the_generator_after_the_running_batch() -> None:
             pass
 
     async def main() -> None:
-        task = asyncio.ensure_future(consume(unstall.iterate(iter(source), batch=1000)))
+        it = unstall.iterate(iter(source), batch=1000)
+        task = asyncio.ensure_future(consume(it))
         await asyncio.sleep(0.1)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+        with pytest.raises(StopAsyncIteration):  # still referenced here, but closed
+            await it.__anext__()
 
     asyncio.run(main())
     assert wait_until(lambda: source.closed_in is not None)

@@ -550,6 +550,7 @@ def test_closing_the_loop_with_calls_in_flight_prints_nothing() -> None:
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_forked_child_gets_a_fresh_working_pool() -> None:
     async def use() -> int:
         return sum(await asyncio.gather(*(unstall.to_thread(abs, -i) for i in range(50))))

@@ -8,6 +8,7 @@ items or when collecting it took longer than :data:`MAX_BATCH_WAIT_S`, so a slow
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
 import time
@@ -96,9 +97,15 @@ class BlockingIterator(AsyncIterator[T]):
             if self._exhausted or self._closed:
                 self._closed = True
                 raise StopAsyncIteration
-            self._buffer, self._error, self._exhausted = await self._pool.submit(
-                self._source.fetch, (), {}
-            )
+            try:
+                self._buffer, self._error, self._exhausted = await self._pool.submit(
+                    self._source.fetch, (), {}
+                )
+            except asyncio.CancelledError:
+                # The batch being fetched is lost: close now (after that batch finishes)
+                # rather than leave a half-read iterator to the garbage collector.
+                self._close_in_background()
+                raise
             self._index = 0
         item = self._buffer[self._index]
         self._index += 1
@@ -126,13 +133,17 @@ class BlockingIterator(AsyncIterator[T]):
     ) -> None:
         await self.aclose()
 
+    def _close_in_background(self) -> None:
+        self._closed = True
+        self._buffer = []
+        # A shut-down pool raises RuntimeError: nothing can close it then.
+        with contextlib.suppress(RuntimeError):
+            self._pool.spawn_detached(self._source.close)
+
     def __del__(self) -> None:
         # Broke out of ``async for`` without aclose(): close in the background.
         if not getattr(self, "_closed", True):
-            self._closed = True
-            # A shut-down pool raises RuntimeError: nothing can close it then.
-            with contextlib.suppress(RuntimeError):
-                self._pool.spawn_detached(self._source.close)
+            self._close_in_background()
 
 
 def iterate(
