@@ -118,8 +118,8 @@
     const d = svg("defs", {}, chart);
     const p = svg("pattern", { id: "unstall-hatch", width: 8, height: 8, patternUnits: "userSpaceOnUse",
       patternTransform: "rotate(45)" }, d);
-    svg("rect", { width: 8, height: 8, fill: "var(--hang)", opacity: 0.25 }, p);
-    svg("rect", { width: 4, height: 8, fill: "var(--hang)" }, p);
+    svg("rect", { width: 8, height: 8, style: "fill: var(--hang); opacity: .25" }, p);
+    svg("rect", { width: 4, height: 8, style: "fill: var(--hang)" }, p);
   }
 
   function axis(chart, x, plotW, height, span) {
