@@ -198,6 +198,20 @@ def test_resolve_target_table() -> None:
     pool.shutdown()
 
 
+def test_offloading_imports_no_integration() -> None:
+    code = (
+        "import sys, asyncio, unstall\n"
+        "f = unstall.offload(limit=2, timeout=5)(abs)\n"
+        "assert asyncio.run(f(-3)) == 3\n"
+        "heavy = {'distributed', 'dask', 'concurrent.futures.process'}\n"
+        "print(sorted(heavy & set(sys.modules)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"
+
+
 @pytest.mark.parametrize("bad", ["threads", 3, object(), ThreadPool])
 def test_resolve_target_rejects_anything_else(bad: object) -> None:
     with pytest.raises(TypeError, match=r"on= got .* expected"):

@@ -212,6 +212,8 @@ class ThreadPool:
     and a later exception is logged to the ``unstall`` logger) or waits for it to finish
     (``cancel="wait"``); either way :func:`unstall.cancelled` turns ``True`` in the worker.
     Threads are daemon threads: calls still running at interpreter exit are not awaited.
+    Shut a dedicated pool down (or use it in a ``with`` block) when done: the thread of a
+    one-thread pool otherwise lives as long as the process.
     """
 
     def __init__(
@@ -382,7 +384,10 @@ class ThreadPool:
                 if state is _WOKEN:
                     self._woken()
                 continue
-            job.run()
+            try:
+                job.run()
+            except BaseException:  # a bug here must not cost the pool a thread
+                _logger.exception("unstall worker: internal error")
             del job
 
     def _park(self, me: _Worker, timeout: float) -> object:
