@@ -50,7 +50,7 @@ def run_unstall(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
 
 def split_report(stderr: str) -> tuple[str, str]:
     """The program's own stderr, and what unstall printed at the end."""
-    index = stderr.find("unstall: the ")
+    index = max(stderr.find("unstall: the "), stderr.find("unstall: no asyncio event loop ran"))
     assert index >= 0, f"no unstall summary in stderr:\n{stderr}"
     return stderr[:index], stderr[index:]
 
@@ -74,8 +74,8 @@ def assert_same_run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[s
     assert watched.stdout == plain.stdout
     own, summary = split_report(watched.stderr)
     assert own == plain.stderr
-    assert summary.startswith("unstall: the loop never stalled above 0.1 s")
-    assert "Traceback" not in summary
+    assert summary.startswith("unstall: no asyncio event loop ran, so nothing stalled (watched ")
+    assert summary.count("\n") == 1  # one line, nothing else from unstall
     return watched
 
 
@@ -328,7 +328,7 @@ def test_uncaught_keyboard_interrupt_ends_by_sigint_like_python(tmp_path: Path) 
     assert watched.returncode == plain.returncode == -signal.SIGINT
     own, summary = split_report(watched.stderr)
     assert own == plain.stderr
-    assert summary.startswith("unstall: the loop never stalled")
+    assert summary.startswith("unstall: no asyncio event loop ran")
 
 
 def test_help(tmp_path: Path) -> None:
@@ -575,7 +575,9 @@ def test_strict_option_warns_about_blocking_calls_below_the_threshold(tmp_path: 
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "program done\n"
     assert "BlockingCallWarning" in proc.stderr
-    assert f"app.py:{line_of(app, 'time.sleep(seconds)')} in slow_function" in proc.stderr
+    warning = next(text for text in proc.stderr.splitlines() if "BlockingCallWarning" in text)
+    assert f"app.py:{line_of(app, 'time.sleep(seconds)')}" in warning
+    assert "time.sleep" in warning
     assert "never stalled above 0.1 s" in proc.stderr  # too short for the watcher, not for strict
 
 
@@ -595,7 +597,7 @@ def test_forked_child_does_not_print_the_parents_report(tmp_path: Path) -> None:
     proc = run_unstall(["forks.py"], tmp_path)
     assert proc.returncode == 0
     assert proc.stdout == "child\nparent\n"
-    assert proc.stderr.count("unstall: the loop never stalled") == 1
+    assert proc.stderr.count("unstall: no asyncio event loop ran") == 1
 
 
 def test_the_console_script_is_transparent_too(tmp_path: Path) -> None:

@@ -204,8 +204,11 @@ def test_many_places_are_capped_with_a_pointer_to_the_json(tmp_path: Path) -> No
 
 
 def test_no_stalls_is_one_line_with_threshold_and_watch_time() -> None:
-    text = render_summary(Report(0.25, [], duration_s=4.2), color=True)
-    assert text == "unstall: the loop never stalled above 0.25 s (watched 4.2 s)."
+    one_loop = [LoopInfo("a", "MainThread", 1)]
+    text = render_summary(Report(0.25, [], loops=one_loop, duration_s=4.2), color=True)
+    assert text == "unstall: the loop never stalled above 0.25 s (watched 4.2 s, 1 loop)."
+    text = render_summary(Report(0.1, [], duration_s=0.3))
+    assert text == "unstall: no asyncio event loop ran, so nothing stalled (watched 0.3 s)."
     two_loops = [LoopInfo("a", "MainThread", 1), LoopInfo("b", "t", 2)]
     text = render_summary(Report(0.1, [], loops=two_loops, duration_s=1.0))
     assert text == "unstall: the loop never stalled above 0.1 s (watched 1.0 s, 2 loops)."

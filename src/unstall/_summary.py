@@ -144,8 +144,9 @@ def _headline(report: Report, paint: _Painter) -> str:
 def _quiet_line(report: Report) -> str:
     loops = len(report.loops)
     watched = f"watched {report.duration_s:.1f} s"
-    if loops:
-        watched += f", {loops} loop{'s' if loops != 1 else ''}"
+    if not loops:
+        return f"unstall: no asyncio event loop ran, so nothing stalled ({watched})."
+    watched += f", {loops} loop{'s' if loops != 1 else ''}"
     return f"unstall: the loop never stalled above {report.threshold_s:g} s ({watched})."
 
 
@@ -162,7 +163,8 @@ def render_summary(
 
     Returns:
         The text, without a trailing newline. With no stalls it is a single line saying
-        the loop never stalled above the threshold and how long it was watched.
+        the loop never stalled above the threshold (or that no loop ran, when the report
+        lists no loop) and how long it was watched.
     """
     if not report.stalls:
         return _quiet_line(report)
