@@ -349,3 +349,56 @@ def test_a_real_watched_run(chromium: str, tmp_path: Path) -> None:
     assert sorted(r.dom.bars) == list(range(len(report.stalls)))
     assert r.dom.lag_lines == len(report.loops) >= 2
     assert r.dom.details.get("data-selected") is not None
+
+
+_INTERACT = """<script>
+(function () {
+  const out = {};
+  const bar = document.querySelector('rect[data-stall="3"]');
+  bar.dispatchEvent(new PointerEvent("pointerenter"));
+  const tip = document.querySelector(".tip");
+  out.tip = tip.hidden ? null : tip.textContent;
+  bar.dispatchEvent(new MouseEvent("click", { bubbles: true }));
+  out.selected = document.getElementById("details").getAttribute("data-selected");
+  out.details = document.getElementById("details").textContent;
+  const more = document.querySelector("#details li.more button");
+  out.collapsed = document.querySelectorAll("#details ol.stack:not(.samples) li").length;
+  if (more) more.click();
+  out.expanded = document.querySelectorAll("#details ol.stack:not(.samples) li").length;
+  document.querySelector('tr[data-group="1"]').click();
+  out.dimmed = document.querySelectorAll("rect.bar.dim").length;
+  out.activeRows = document.querySelectorAll("tr.active").length;
+  const svg = document.querySelector("svg[data-timeline]");
+  const box = svg.getBoundingClientRect();
+  const at = (type, x) => svg.dispatchEvent(new PointerEvent(type, {
+    bubbles: true, button: 0, pointerId: 1, clientX: box.left + x, clientY: box.top + 60 }));
+  const px = (f) => 56 + (box.width - 70) * f;  // the plot's left margin and width
+  at("pointerdown", px(0.2));
+  at("pointermove", px(0.3));
+  at("pointerup", px(0.45));
+  out.visibleAfterZoom = document.querySelectorAll('rect.bar[data-visible="1"]').length;
+  out.resetShown = !document.getElementById("reset-zoom").hidden;
+  document.getElementById("reset-zoom").click();
+  out.visibleAfterReset = document.querySelectorAll('rect.bar[data-visible="1"]').length;
+  document.body.setAttribute("data-test", JSON.stringify(out));
+})();
+</script></body>"""
+
+
+def test_hover_click_table_and_zoom(chromium: str, tmp_path: Path) -> None:
+    page = render_html(realistic_report()).replace("</body>", _INTERACT)
+    r = _render(chromium, tmp_path, page)
+    _assert_clean(r)
+    out = json.loads(r.dom.body["data-test"])
+    # stall 3: render_invoice_pdf, 2.6 s of CPU work in the main loop
+    assert out["tip"].startswith("render_invoice_pdf2.60 s · cpu · reports.py:117")
+    assert out["selected"] == "3"
+    assert "CPU work: run it in a process" in out["details"]
+    assert out["collapsed"] < out["expanded"] == 16  # the deep stack unfolds
+    # table row 1 is render_invoice_pdf's group: its 2 stalls stay lit, 12 are dimmed
+    assert out["activeRows"] == 1
+    assert out["dimmed"] == 12
+    # dragging over 20%..45% of 30 s keeps the 5 stalls overlapping 6 s..13.5 s
+    assert out["visibleAfterZoom"] == 5
+    assert out["resetShown"] is True
+    assert out["visibleAfterReset"] == 14

@@ -279,7 +279,11 @@
       if (e.target.classList.contains("bar") || e.button !== 0) return;
       start = Math.min(M.left + plotW, Math.max(M.left, local(e)));
       rect = svg("rect", { x: start, y: M.axis - 4, width: 0, height: height - M.axis, class: "brush" }, chart);
-      chart.setPointerCapture(e.pointerId);
+      try {
+        chart.setPointerCapture(e.pointerId);
+      } catch (_) {
+        // a pointer the browser no longer tracks: the drag still works inside the chart
+      }
     });
     chart.addEventListener("pointermove", (e) => {
       if (start === null) return;
