@@ -154,10 +154,11 @@ def test_live_lines_of_a_long_hang_thin_out() -> None:
         (["--threshold", "-0.5", "ok.py"], "--threshold must be a positive number"),
         (["--threshold", "fast", "ok.py"], "--threshold must be a number of seconds"),
         (["--verbose", "ok.py"], "unknown option '--verbose'"),
-        (["--json", "no/such/dir/r.json", "ok.py"], "does not exist"),
-        (["--json", "a_dir", "ok.py"], "is a directory"),
+        (["--json", "no/such/dir/r.json", "ok.py"], "cannot write --json 'no/such/dir/r.json'"),
+        (["--json", "a_dir", "ok.py"], "cannot write --json 'a_dir': it is a directory"),
         (["--json", "/proc/r.json", "ok.py"], "cannot write --json"),
         (["--html", "no/such/dir/r.html", "ok.py"], "does not exist"),
+        (["--trace", "a_dir", "ok.py"], "cannot write --trace 'a_dir'"),
     ],
 )
 def test_bad_input_is_one_clear_line_and_exit_2(
@@ -187,7 +188,8 @@ def test_unwritable_json_path_is_refused_before_the_program_runs(tmp_path: Path)
     proc = run_unstall(["--json", target, "ok.py"], tmp_path)
     assert proc.returncode == 2
     assert "ran" not in proc.stdout
-    assert proc.stderr.startswith("unstall run: ")
+    assert proc.stderr.startswith("unstall run: cannot write --json ")
+    assert proc.stderr.count("\n") == 1
 
 
 # --- transparency --------------------------------------------------------------------------------

@@ -458,13 +458,13 @@ def _check_writable(path: str, option: str) -> None:
     target = os.path.abspath(path)
     parent = os.path.dirname(target)
     if os.path.isdir(target):
-        raise UsageError(f"{option} {path!r} is a directory")
+        raise UsageError(f"cannot write {option} {path!r}: it is a directory")
     if not os.path.isdir(parent):
-        raise UsageError(f"{option} {path!r}: directory {parent!r} does not exist")
+        raise UsageError(f"cannot write {option} {path!r}: directory {parent!r} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK) or (
         os.path.exists(target) and not os.access(target, os.W_OK)
     ):
-        raise UsageError(f"{option} {path!r} is not writable")
+        raise UsageError(f"cannot write {option} {path!r}: permission denied")
 
 
 def _call_quietly(func: Callable[[], object], what: str) -> None:
