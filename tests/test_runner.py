@@ -232,6 +232,20 @@ def test_script_sees_what_python_gives_it(tmp_path: Path) -> None:
     assert not (tmp_path / "x.json").exists()  # the script's --json was not ours
 
 
+def test_safe_path_flag_adds_no_directory_like_python(tmp_path: Path) -> None:
+    write(tmp_path / "app" / "probe.py", PROBE)
+    plain = run_python(["-P", "app/probe.py"], tmp_path)
+    watched = subprocess.run(
+        [PY, "-P", "-m", "unstall", "run", "app/probe.py"],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert watched.stdout == plain.stdout
+    assert json.loads(watched.stdout)["path0"] != str(tmp_path / "app")
+
+
 def test_script_through_a_symlink_gets_the_real_directory(tmp_path: Path) -> None:
     write(tmp_path / "real" / "probe.py", PROBE)
     (tmp_path / "link.py").symlink_to(tmp_path / "real" / "probe.py")

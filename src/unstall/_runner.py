@@ -192,7 +192,7 @@ def _compile_file(path: str, loader: importlib.abc.FileLoader) -> types.CodeType
 
 def _prepare_module(name: str) -> Program:
     path0 = os.getcwd()
-    sys.path[0:1] = [path0]  # so the module is found where `python -m` would find it
+    _set_path0(path0)  # so the module is found where `python -m` would find it
     try:
         spec = importlib.util.find_spec(name)
         if spec is not None and spec.submodule_search_locations is not None:
@@ -207,6 +207,15 @@ def _prepare_module(name: str) -> Program:
     if spec is None or spec.loader is None or spec.origin is None:
         raise UsageError(f"no module named {name}")
     return Program(_code_of(spec), spec.origin, path0, _spec_attrs(spec, spec.parent))
+
+
+def _set_path0(path0: str) -> None:
+    """Put the program's directory first on ``sys.path``, where unstall's own entry was.
+
+    Under ``python -P`` (safe path) python adds no such entry, and neither do we.
+    """
+    if not sys.flags.safe_path:
+        sys.path[0:1] = [path0]
 
 
 def _is_zip(path: str) -> bool:
@@ -255,7 +264,7 @@ def execute(program: Program, args: list[str]) -> int:
     module = types.ModuleType("__main__")
     module.__dict__.update(program.attrs, __builtins__=builtins)
     sys.argv[:] = [program.argv0, *args]
-    sys.path[0:1] = [program.path0]
+    _set_path0(program.path0)
     sys.modules["__main__"] = module
     try:
         exec(program.code, module.__dict__)
