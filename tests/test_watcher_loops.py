@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -258,3 +260,22 @@ def test_uvloop_found_whether_imported_before_or_after(
     assert line == code.splitlines().index("    time.sleep(0.3)  # the culprit") + 1
     assert call == "time.sleep"
     assert 0.27 <= duration <= 0.4
+
+
+def test_a_stopped_loop_is_not_kept_alive_but_stays_in_the_report() -> None:
+    watcher = unstall.watch(threshold=THRESHOLD, log=False)
+    try:
+        loop = asyncio.new_event_loop()
+        loop.run_until_complete(asyncio.sleep(0.06))
+        loop.close()
+        loop_id = f"{type(loop).__name__}@{id(loop):#x}"
+        ref = weakref.ref(loop)
+        del loop
+        deadline = time.monotonic() + 10
+        while ref() is not None:
+            assert time.monotonic() < deadline, "the watcher keeps a stopped loop alive"
+            time.sleep(0.05)
+            gc.collect()
+    finally:
+        watcher.stop()
+    assert loop_id in [info.id for info in watcher.report().loops]

@@ -21,6 +21,7 @@ from collections import deque
 from typing import Any
 
 from unstall import _events
+from unstall._stall import LoopInfo
 
 __all__ = ["LoopProbe", "describe_loop"]
 
@@ -66,6 +67,8 @@ class LoopProbe:
         self._handle: asyncio.TimerHandle | None = None
         self._wrapped = False
         self._lag_bucket = _LAG_BUCKET_S
+        self.retiring = False
+        """The loop stopped running; the watchdog forgets it once its stalls are out."""
 
     @staticmethod
     def beat_interval(threshold: float) -> float:
@@ -190,6 +193,11 @@ class LoopProbe:
                 merged.append(points[-1])
             self.lag = merged
             self._lag_bucket *= 2
+
+    def info(self, since: float) -> LoopInfo:
+        """This loop as a :class:`LoopInfo`, lag times in seconds after ``since``."""
+        lag = [(t - since, v) for t, v in list(self.lag) if t >= since]
+        return LoopInfo(self.id, self.thread, self.thread_id, self.kind, lag)
 
     # -- watchdog thread -----------------------------------------------------------------
 

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -23,7 +24,7 @@ from unstall import _events, _faultdump, _loop_hooks
 from unstall._attribution import LoopMeta, build_stall, split_by_callback
 from unstall._probe import LoopProbe
 from unstall._sampler import Sample, capture
-from unstall._stall import Stall
+from unstall._stall import LoopInfo, Stall
 
 if TYPE_CHECKING:
     from unstall._watcher import Watcher
@@ -56,6 +57,8 @@ class Monitor:
         self._lock = threading.RLock()
         self._watchers: list[Watcher] = []
         self._probes: dict[int, LoopProbe] = {}
+        # Loops that stopped running: their lag series, without keeping the loop alive.
+        self._retired: deque[tuple[int, LoopProbe]] = deque(maxlen=256)
         self._tracks: dict[int, _Track] = {}
         self._thread: threading.Thread | None = None
         self._stop_event = threading.Event()
@@ -132,8 +135,9 @@ class Monitor:
             return
         with self._lock:
             probe = self._probes.get(id(loop))
-        if probe is not None and probe.loop is loop:
-            probe.stop_running()
+            if probe is not None and probe.loop is loop:
+                probe.stop_running()
+                probe.retiring = True
 
     def _start_probe(self, loop: asyncio.AbstractEventLoop, mid_iteration: bool) -> None:
         with self._lock:
@@ -142,6 +146,7 @@ class Monitor:
             probe = self._probes.get(id(loop))
             if probe is None or probe.loop is not loop:
                 probe = self._probes[id(loop)] = LoopProbe(loop, self.threshold)
+            probe.retiring = False
             probe.start(mid_iteration)
             # Arm the faulthandler timer now: the loop may enter C code holding the GIL
             # before the watchdog thread runs again.
@@ -158,9 +163,27 @@ class Monitor:
         with contextlib.suppress(RuntimeError):  # closed meanwhile: nothing to cancel
             loop.call_soon_threadsafe(probe.cancel_beat)
 
-    def probes(self) -> list[LoopProbe]:
+    def loops_for(self, watcher: Watcher, since: float) -> list[LoopInfo]:
+        """Every loop ``watcher`` saw run (within the last 256 stopped), oldest first."""
         with self._lock:
-            return list(self._probes.values())
+            found = [(key, p) for key, p in self._retired] + list(self._probes.items())
+        infos: dict[str, LoopInfo] = {}
+        for key, probe in found:
+            if watcher.loop is not None and id(watcher.loop) != key:
+                continue
+            info = probe.info(since)
+            if info.id in infos:  # the same loop run again: one series
+                infos[info.id].lag.extend(info.lag)
+            else:
+                infos[info.id] = info
+        return list(infos.values())
+
+    def _retire(self, key: int, probe: LoopProbe) -> None:
+        probe.unwrap()
+        del self._probes[key]
+        self._tracks.pop(key, None)
+        probe.loop = None  # type: ignore[assignment]  # let the loop be collected
+        self._retired.append((key, probe))
 
     # -- the watchdog --------------------------------------------------------------------
 
@@ -186,6 +209,8 @@ class Monitor:
                 self._merge_dumps(dumps)
             for key, probe in list(self._probes.items()):
                 sampling = self._poll_probe(key, probe, now, deliveries) or sampling
+                if probe.retiring and not probe.running and not probe.finished:
+                    self._retire(key, probe)
         self._deliver(deliveries)
         return sampling
 
@@ -203,6 +228,8 @@ class Monitor:
                 if final_for is not None and probe.thread_id == me and probe.running:
                     probe.cut(now)
                 self._poll_probe(key, probe, now, deliveries, sample=False)
+                if probe.retiring and not probe.running and not probe.finished:
+                    self._retire(key, probe)
         self._deliver(deliveries)
 
     def _poll_probe(

@@ -46,7 +46,7 @@ class Watcher:
         self._t0 = time.monotonic()
         self._stopped_t: float | None = None
         self._lock = threading.Lock()
-        self._seen_loops: dict[str, LoopInfo] = {}
+        self._loops: list[LoopInfo] = []
 
     def _start(self) -> Watcher:
         monitor.add(self)
@@ -105,13 +105,7 @@ class Watcher:
         return self._stopped_t is None
 
     def _snapshot_loops(self) -> None:
-        for probe in monitor.probes():
-            if not self.wants(probe.loop):
-                continue
-            lag = [(t - self._t0, v) for t, v in list(probe.lag) if t >= self._t0]
-            self._seen_loops[probe.id] = LoopInfo(
-                probe.id, probe.thread, probe.thread_id, probe.kind, lag
-            )
+        self._loops = monitor.loops_for(self, self._t0)
 
     def report(self) -> Report:
         """Everything seen so far: the stalls, and each loop's lag over time."""
@@ -123,7 +117,7 @@ class Watcher:
         return Report(
             threshold_s=self.threshold,
             stalls=stalls,
-            loops=list(self._seen_loops.values()),
+            loops=list(self._loops),
             started_at=self._started_at,
             duration_s=end - self._t0,
         )
