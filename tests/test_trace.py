@@ -44,7 +44,8 @@ def test_every_stall_is_a_complete_event_on_its_thread(tmp_path: Path) -> None:
     for stall in report.stalls:
         event = by_ts[round(stall.start_s * 1e6, 3)]
         assert event["dur"] == pytest.approx(stall.duration_s * 1e6)
-        assert event["tid"] == stall.thread_id
+        assert event["tid"] == (1 if stall.thread == "MainThread" else 2)
+        assert event["args"]["thread_id"] == stall.thread_id
         assert stall.culprit is not None
         assert f"{stall.culprit.function} (" in event["name"]
         assert event["name"].endswith(f":{stall.culprit.line})")
@@ -75,9 +76,20 @@ def test_thread_name_metadata_per_lane() -> None:
     names = {
         e["tid"]: e["args"]["name"] for e in trace["traceEvents"] if e["name"] == "thread_name"
     }
-    assert names == {MAIN_TID: "MainThread (asyncio loop)", WORKER_TID: "loop-worker (uvloop loop)"}
+    assert names == {1: "MainThread (asyncio loop)", 2: "loop-worker (uvloop loop)"}
     process = [e for e in trace["traceEvents"] if e["name"] == "process_name"]
     assert process[0]["args"]["name"] == "unstall: app/main.py --port 8000"
+
+
+def test_tids_fit_perfetto_and_keep_the_thread_ident() -> None:
+    # Perfetto keeps 32 bits of a tid and merges threads whose idents do not fit
+    trace = render_trace(realistic_report())
+    for event in trace["traceEvents"]:
+        assert 0 <= event["tid"] < 2**31
+    idents = {e["tid"]: e["args"]["thread_id"] for e in trace["traceEvents"] if e["ph"] == "X"}
+    assert idents == {1: MAIN_TID, 2: WORKER_TID}
+    counters = {e["name"]: e["tid"] for e in trace["traceEvents"] if e["ph"] == "C"}
+    assert counters == {"loop lag: MainThread": 1, "loop lag: loop-worker": 2}
 
 
 def test_loop_lag_is_a_counter_per_loop() -> None:

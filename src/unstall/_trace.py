@@ -5,6 +5,11 @@ thread becomes a track named by a ``thread_name`` metadata event; each stall is 
 complete event (``"ph": "X"``) on its thread's track, named ``function (file:line)``
 after its culprit; each loop's lag is a counter (``"ph": "C"``). Times are microseconds
 after the watcher started; the wall-clock start is kept in ``otherData``.
+
+Python thread idents (``threading.get_ident()``, e.g. 140245871261504) do not fit the
+32 bits Perfetto keeps for a ``tid``: it merges such threads into one track
+(google/perfetto#522, #886). So each thread gets a small ``tid`` (1, 2, ... in lane
+order, never 0) and its ident is kept in the stall's ``args["thread_id"]``.
 """
 
 from __future__ import annotations
@@ -34,7 +39,20 @@ def stall_name(stall: Stall) -> str:
     return f"{c.function} ({os.path.basename(c.file)}:{c.line})"
 
 
-def _stall_event(stall: Stall) -> dict[str, Any]:
+Tids = dict[int, tuple[int, str]]
+
+
+def _tids(report: Report) -> Tids:
+    """Thread ident -> (small tid, track name), the main thread first."""
+    names: dict[int, str] = {}
+    for loop in sorted(report.loops, key=lambda lp: lp.thread != "MainThread"):
+        names.setdefault(loop.thread_id, f"{loop.thread} ({loop.kind} loop)")
+    for stall in report.stalls:
+        names.setdefault(stall.thread_id, stall.thread)
+    return {ident: (i, name) for i, (ident, name) in enumerate(names.items(), start=1)}
+
+
+def _stall_event(stall: Stall, tid: int) -> dict[str, Any]:
     culprit = stall.culprit
     args: dict[str, Any] = {
         "culprit": None if culprit is None else culprit.location,
@@ -45,6 +63,8 @@ def _stall_event(stall: Stall) -> dict[str, Any]:
         "coro": stall.coro,
         "callback": stall.callback,
         "loop": stall.loop,
+        "thread": stall.thread,
+        "thread_id": stall.thread_id,
         "duration_ms": round(stall.duration_s * 1000, 3),
         "ongoing": stall.ongoing,
         "fix": stall.fix_hint,
@@ -58,12 +78,12 @@ def _stall_event(stall: Stall) -> dict[str, Any]:
         "ts": _us(stall.start_s),
         "dur": _us(stall.duration_s),
         "pid": PID,
-        "tid": stall.thread_id,
+        "tid": tid,
         "args": args,
     }
 
 
-def _metadata(report: Report) -> list[dict[str, Any]]:
+def _metadata(report: Report, tids: Tids) -> list[dict[str, Any]]:
     program = " ".join(report.argv) or "python"
     events: list[dict[str, Any]] = [
         {
@@ -74,19 +94,23 @@ def _metadata(report: Report) -> list[dict[str, Any]]:
             "args": {"name": f"unstall: {program}"},
         }
     ]
-    threads: dict[int, str] = {}
-    for loop in report.loops:
-        threads.setdefault(loop.thread_id, f"{loop.thread} ({loop.kind} loop)")
-    for stall in report.stalls:
-        threads.setdefault(stall.thread_id, stall.thread)
-    for tid, name in threads.items():
+    for tid, name in tids.values():
         events.append(
             {"name": "thread_name", "ph": "M", "pid": PID, "tid": tid, "args": {"name": name}}
+        )
+        events.append(
+            {
+                "name": "thread_sort_index",
+                "ph": "M",
+                "pid": PID,
+                "tid": tid,
+                "args": {"sort_index": tid},
+            }
         )
     return events
 
 
-def _lag_events(report: Report) -> list[dict[str, Any]]:
+def _lag_events(report: Report, tids: Tids) -> list[dict[str, Any]]:
     events: list[dict[str, Any]] = []
     for loop in report.loops:
         name = f"loop lag: {loop.thread}"
@@ -97,7 +121,7 @@ def _lag_events(report: Report) -> list[dict[str, Any]]:
                     "ph": "C",
                     "ts": _us(t),
                     "pid": PID,
-                    "tid": loop.thread_id,
+                    "tid": tids[loop.thread_id][0],
                     "args": {"lag_ms": round(lag * 1000, 3)},
                 }
             )
@@ -106,7 +130,9 @@ def _lag_events(report: Report) -> list[dict[str, Any]]:
 
 def render_trace(report: Report) -> dict[str, Any]:
     """Build the trace as a JSON-ready dict (see the module docstring for its layout)."""
-    events = _metadata(report) + _lag_events(report) + [_stall_event(s) for s in report.stalls]
+    tids = _tids(report)
+    events = _metadata(report, tids) + _lag_events(report, tids)
+    events += [_stall_event(s, tids[s.thread_id][0]) for s in report.stalls]
     return {
         "traceEvents": events,
         "displayTimeUnit": "ms",
