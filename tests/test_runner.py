@@ -482,6 +482,38 @@ loop = asyncio.new_event_loop()
 loop.run_until_complete(handler())
 """
 
+# asyncio.run's first Ctrl-C only cancels the main task (the sleep goes on); the second
+# raises KeyboardInterrupt where the loop is stuck.
+HANG_IN_ASYNCIO_RUN = HANG_BY_HAND.replace(
+    "loop = asyncio.new_event_loop()\nloop.run_until_complete(handler())", "asyncio.run(handler())"
+)
+
+
+def _interrupt_during_hang(args: list[str], cwd: Path, presses: int) -> tuple[int, str]:
+    """Start ``args``, press Ctrl-C ``presses`` times once the hang is under way."""
+    proc = subprocess.Popen(
+        args, cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stderr is not None
+    stream = proc.stderr
+    err: list[str] = []
+    reader = threading.Thread(target=lambda: err.extend(iter(stream.readline, "")))
+    reader.start()
+    try:
+        if "unstall" in args:
+            _wait_for_line(err, "stuck for", proc, timeout=30)
+        else:
+            time.sleep(1.0)  # plain python says nothing: give it the same head start
+        for _ in range(presses):
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.5)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        reader.join()
+    return proc.returncode, "".join(err)
+
 
 def _wait_for_line(
     stream: list[str], needle: str, proc: subprocess.Popen[str], timeout: float
@@ -494,33 +526,24 @@ def _wait_for_line(
 
 
 @pytest.mark.slow
-def test_ctrl_c_during_a_hang_interrupts_the_program_and_prints_the_report(tmp_path: Path) -> None:
-    app = write(tmp_path / "hang.py", HANG_BY_HAND)
-    proc = subprocess.Popen(
-        [PY, "-m", "unstall", "run", "--json", "r.json", "hang.py"],
-        cwd=tmp_path,
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+@pytest.mark.parametrize(
+    ("source", "presses"),
+    [(HANG_BY_HAND, 1), (HANG_IN_ASYNCIO_RUN, 2)],
+    ids=["by-hand", "asyncio.run"],
+)
+def test_ctrl_c_during_a_hang_interrupts_the_program_and_prints_the_report(
+    tmp_path: Path, source: str, presses: int
+) -> None:
+    app = write(tmp_path / "hang.py", source)
+    plain_code, plain_err = _interrupt_during_hang([PY, "hang.py"], tmp_path, presses)
+    code, stderr = _interrupt_during_hang(
+        [PY, "-m", "unstall", "run", "--json", "r.json", "hang.py"], tmp_path, presses
     )
-    assert proc.stderr is not None
-    err: list[str] = []
-    reader = threading.Thread(target=lambda: err.extend(iter(proc.stderr.readline, "")))  # type: ignore[union-attr]
-    reader.start()
-    try:
-        _wait_for_line(err, "stuck for", proc, timeout=30)
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        reader.join()
-    stderr = "".join(err)
-    assert proc.returncode == -signal.SIGINT  # as python itself ends on an uncaught Ctrl-C
-    assert "KeyboardInterrupt" in stderr
+    assert code == plain_code == -signal.SIGINT  # python ends on an uncaught Ctrl-C by SIGINT
+    assert plain_err.rstrip().endswith("KeyboardInterrupt")
     line = line_of(app, "time.sleep(60)")
-    _, summary = split_report(stderr)
+    own, summary = split_report(stderr)
+    assert own.rstrip().endswith("KeyboardInterrupt")
     assert f"hang.py:{line} in stuck_forever" in summary
     stalls = Report.read(tmp_path / "r.json").stalls
     assert [s.culprit.line for s in stalls if s.culprit] == [line]
