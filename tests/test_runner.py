@@ -347,6 +347,18 @@ def test_uncaught_keyboard_interrupt_ends_by_sigint_like_python(tmp_path: Path) 
     assert summary.startswith("unstall: no asyncio event loop ran")
 
 
+def test_report_goes_to_the_real_stderr_even_if_the_program_replaces_it(tmp_path: Path) -> None:
+    write(tmp_path / "quiet.py", "import io, sys\nsys.stderr = io.StringIO()\nprint('ok')\n")
+    proc = run_unstall(["quiet.py"], tmp_path)
+    assert proc.returncode == 0
+    assert proc.stdout == "ok\n"
+    assert proc.stderr.startswith("unstall: no asyncio event loop ran")
+    write(tmp_path / "none.py", "import sys\nsys.stderr = None\n")
+    assert run_unstall(["none.py"], tmp_path).stderr.startswith(
+        "unstall: no asyncio event loop ran"
+    )
+
+
 def test_help(tmp_path: Path) -> None:
     proc = run_unstall(["--help"], tmp_path)
     assert proc.returncode == 0
@@ -467,6 +479,30 @@ def test_os_exit_during_a_hang_leaves_a_json_naming_the_line(tmp_path: Path) -> 
         "stuck_forever",
     )
     assert stall.duration_s >= 0.1
+
+
+def test_finished_stalls_reach_the_json_before_an_os_exit(tmp_path: Path) -> None:
+    app = write(
+        tmp_path / "app.py",
+        """\
+        import asyncio, os, time
+
+        def blocking_step():
+            time.sleep(0.3)
+
+        async def main():
+            blocking_step()
+            await asyncio.sleep(2.0)  # the JSON is rewritten within about a second
+            os._exit(5)
+
+        asyncio.run(main())
+        """,
+    )
+    proc = run_unstall(["--quiet", "--json", "r.json", "app.py"], tmp_path)
+    assert proc.returncode == 5
+    assert "unstall: the" not in proc.stderr  # os._exit: no summary, as no atexit runs
+    stalls = Report.read(tmp_path / "r.json").stalls
+    assert [s.culprit.line for s in stalls if s.culprit] == [line_of(app, "time.sleep(0.3)")]
 
 
 HANG_BY_HAND = """\

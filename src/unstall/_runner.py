@@ -30,7 +30,7 @@ import time
 import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TextIO
 
 from unstall._stall import Report, Stall
 from unstall._summary import render_hang_line, render_summary, should_color
@@ -313,6 +313,8 @@ class Session:
                 _check_writable(path, flag)
         import unstall
 
+        global _stderr
+        _stderr = sys.stderr
         self._color = should_color(sys.stderr)
         if opts.strict:
             self._uninstall_strict = _load_strict()
@@ -483,12 +485,21 @@ def _call_quietly(func: Callable[[], object], what: str) -> None:
         _say(f"unstall run: could not {what}: {exc}")
 
 
+# The stderr unstall writes to: the one the program started with, even if the program
+# later points sys.stderr at a log file or a buffer of its own.
+_stderr: TextIO | None = None
+
+
 def _say(text: str) -> None:
-    try:
-        sys.stderr.write(text + "\n")
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        pass
+    for stream in (_stderr, sys.stderr, sys.__stderr__):
+        if stream is None:
+            continue
+        try:
+            stream.write(text + "\n")
+            stream.flush()
+            return
+        except (OSError, ValueError, AttributeError):
+            continue
 
 
 def _flush_std() -> None:
