@@ -30,7 +30,7 @@ from report_samples import (
     realistic_report,
     watched_report,
 )
-from unstall import Report
+from unstall import Report, Stall
 from unstall._html import MAX_LAG_POINTS, _downsample, render_html, write_html
 
 CHROMIUM = next(
@@ -402,3 +402,16 @@ def test_hover_click_table_and_zoom(chromium: str, tmp_path: Path) -> None:
     assert out["visibleAfterZoom"] == 5
     assert out["resetShown"] is True
     assert out["visibleAfterReset"] == 14
+
+
+def test_stall_without_culprit_or_stack(chromium: str, tmp_path: Path) -> None:
+    # e.g. C code with no Python frame of the program: the page must still explain it
+    bare = Stall(start_s=0.2, duration_s=0.5, thread="MainThread", thread_id=1, loop="L")
+    report = Report(threshold_s=0.1, stalls=[bare], duration_s=1.0)
+    page = render_html(report)
+    assert "no frame of your code" in page
+    r = _render(chromium, tmp_path, page, fragment="#stall=0")
+    _assert_clean(r)
+    assert list(r.dom.bars) == [0]
+    assert r.dom.details.get("data-selected") == "0"
+    assert "stack, outermost call first (0 frames)" in " ".join(r.dom.text)
