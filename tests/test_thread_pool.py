@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import gc
 import http.server
 import logging
 import os
@@ -16,6 +17,7 @@ import threading
 import time
 import traceback
 import urllib.request
+import weakref
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -132,6 +134,18 @@ def test_works_on_uvloop() -> None:
         return await asyncio.gather(*(unstall.to_thread(pow, i, 2) for i in range(200)))
 
     assert uvloop.run(main()) == [i * i for i in range(200)]
+
+
+def test_a_finished_loop_is_not_kept_alive() -> None:
+    refs = []
+    for _ in range(3):
+        loop = asyncio.new_event_loop()
+        assert loop.run_until_complete(unstall.to_thread(abs, -1)) == 1
+        loop.close()
+        refs.append(weakref.ref(loop))
+        del loop
+    gc.collect()
+    assert [r() for r in refs] == [None, None, None]
 
 
 def test_many_loops_in_many_threads_share_the_pool() -> None:

@@ -25,25 +25,29 @@ class Settleable(Protocol):
 class Inbox:
     """The pending results of one event loop."""
 
-    __slots__ = ("__weakref__", "_lock", "_pending", "loop")
+    __slots__ = ("__weakref__", "_lock", "_pending", "loop_ref")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
+        # Weak: the registry maps loop -> inbox weakly, a strong ref back would pin the loop.
+        self.loop_ref = weakref.ref(loop)
         self._lock = threading.Lock()
         self._pending: list[tuple[Settleable, bool, Any]] = []
 
     def deliver(self, job: Settleable, ok: bool, value: Any) -> None:
         """Called by a worker thread: hand ``job``'s outcome to the loop."""
+        loop = self.loop_ref()
+        if loop is None:  # the loop is gone, and everyone who waited on it
+            return
         with self._lock:
             pending = self._pending
             pending.append((job, ok, value))
             if len(pending) > 1:
                 # A drain is already scheduled, unless the loop died before running it.
-                if self.loop.is_closed():
+                if loop.is_closed():
                     pending.clear()
                 return
         try:
-            self.loop.call_soon_threadsafe(self._drain)
+            loop.call_soon_threadsafe(self._drain)
         except RuntimeError:  # the loop is closed
             with self._lock:
                 self._pending.clear()
@@ -65,7 +69,7 @@ def inbox_for(loop: asyncio.AbstractEventLoop) -> Inbox:
     """The inbox of ``loop`` (created on first use, dropped with the loop)."""
     global _last
     last = _last
-    if last is not None and last.loop is loop:
+    if last is not None and last.loop_ref() is loop:
         return last
     with _registry_lock:
         inbox = _registry.get(loop)

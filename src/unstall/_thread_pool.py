@@ -105,7 +105,7 @@ class _Job:
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
-        return self.inbox.loop
+        return self.fut.get_loop()
 
     def run(self) -> None:
         """Worker thread: run the call unless it was cancelled while queued."""
@@ -519,7 +519,7 @@ async def to_thread(func: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) 
     pool = _default or default_thread_pool()
     loop = asyncio.get_running_loop()
     inbox = _inbox._last
-    if inbox is None or inbox.loop is not loop:
+    if inbox is None or inbox.loop_ref() is not loop:
         inbox = inbox_for(loop)
     fut: asyncio.Future[T] = loop.create_future()
     job = _Job(func, args, kwargs, fut, inbox)
