@@ -563,6 +563,32 @@ def test_closing_the_loop_with_calls_in_flight_prints_nothing() -> None:
     assert ours == []
 
 
+def test_failure_after_the_loop_closed_is_kept_at_debug_level(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    gate = threading.Event()
+    finished = threading.Event()
+
+    def fail_late() -> None:
+        gate.wait(SLACK_S)
+        finished.set()
+        raise ValueError("after close")
+
+    loop = asyncio.new_event_loop()
+    loop.set_exception_handler(lambda loop, context: None)  # the pending task is intended
+    task = loop.create_task(unstall.to_thread(fail_late))
+    loop.run_until_complete(asyncio.sleep(0.02))
+    loop.close()
+    with caplog.at_level(logging.DEBUG, logger="unstall"):
+        gate.set()
+        assert finished.wait(SLACK_S)
+        assert wait_until(lambda: any(r.exc_info for r in caplog.records))
+    record = next(r for r in caplog.records if r.exc_info)
+    assert record.levelno == logging.DEBUG
+    assert "event loop closed" in record.getMessage()
+    del task
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
 @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_forked_child_gets_a_fresh_working_pool() -> None:

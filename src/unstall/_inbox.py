@@ -19,7 +19,11 @@ from typing import Any, Protocol
 
 
 class Settleable(Protocol):
-    def settle(self, ok: bool, value: Any) -> None: ...
+    def settle(self, ok: bool, value: Any) -> None:
+        """On the loop: deliver the outcome."""
+
+    def drop(self, ok: bool, value: Any) -> None:
+        """On any thread: the loop is gone, nobody can take the outcome."""
 
 
 class Inbox:
@@ -37,6 +41,7 @@ class Inbox:
         """Called by a worker thread: hand ``job``'s outcome to the loop."""
         loop = self.loop_ref()
         if loop is None:  # the loop is gone, and everyone who waited on it
+            job.drop(ok, value)
             return
         with self._lock:
             pending = self._pending
@@ -44,13 +49,18 @@ class Inbox:
             if len(pending) > 1:
                 # A drain is already scheduled, unless the loop died before running it.
                 if loop.is_closed():
-                    pending.clear()
+                    self._drop_pending()
                 return
         try:
             loop.call_soon_threadsafe(self._drain)
         except RuntimeError:  # the loop is closed
             with self._lock:
-                self._pending.clear()
+                self._drop_pending()
+
+    def _drop_pending(self) -> None:
+        items, self._pending = self._pending, []
+        for job, ok, value in items:
+            job.drop(ok, value)
 
     def _drain(self) -> None:
         with self._lock:

@@ -133,6 +133,16 @@ class _Job:
         value = None
         self = None  # type: ignore[assignment]
 
+    def drop(self, ok: bool, value: Any) -> None:
+        """Worker thread: the loop is closed; keep a failure visible at DEBUG level only
+        (closing a loop with calls in flight must print nothing)."""
+        if not ok and not isinstance(value, asyncio.CancelledError):
+            _logger.debug(
+                "offloaded call %s raised after its event loop closed",
+                _describe(self.func),
+                exc_info=value,
+            )
+
     def settle(self, ok: bool, value: Any) -> None:
         """Loop thread: resolve the caller's future, or account for an abandoned call."""
         self.delivered = True
