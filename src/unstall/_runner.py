@@ -15,23 +15,20 @@ while a hang lasts, so it names the stuck line even if the process dies in the m
 from __future__ import annotations
 
 import atexit
-import builtins
 import contextlib
 import functools
 import importlib
-import importlib.machinery
-import importlib.util
 import math
 import os
 import signal
 import sys
 import threading
 import time
-import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from unstall._launch import LaunchError, Outcome, execute, is_launch_frame, prepare
 from unstall._stall import Report, Stall
 from unstall._summary import render_hang_line, render_summary, should_color
 
@@ -131,161 +128,6 @@ def _threshold(text: str) -> float:
     if not math.isfinite(value) or value <= 0:
         raise UsageError(f"--threshold must be a positive number of seconds, not {text!r}")
     return value
-
-
-# --- the program, prepared the way python itself prepares it --------------------------------
-
-
-@dataclass
-class Program:
-    code: types.CodeType
-    argv0: str
-    path0: str
-    attrs: dict[str, Any]
-
-
-def prepare(opts: Options) -> Program:
-    """Find and compile the program; raises :class:`UsageError` if it cannot be run."""
-    if opts.module is not None:
-        return _prepare_module(opts.module)
-    assert opts.script is not None
-    return _prepare_path(opts.script)
-
-
-def _prepare_path(script: str) -> Program:
-    if not os.path.exists(script):
-        raise UsageError(f"can't open file {os.path.abspath(script)!r}: no such file")
-    if os.path.isdir(script) or _is_zip(script):
-        spec = importlib.machinery.PathFinder.find_spec("__main__", [os.path.abspath(script)])
-        if spec is None or spec.loader is None:
-            raise UsageError(f"can't find '__main__' module in {script!r}")
-        return Program(_code_of(spec), script, os.path.abspath(script), _spec_attrs(spec, ""))
-    path = os.path.abspath(script)
-    loader: importlib.abc.FileLoader
-    if path.endswith(".pyc"):
-        loader = importlib.machinery.SourcelessFileLoader("__main__", path)
-    else:
-        loader = importlib.machinery.SourceFileLoader("__main__", path)
-    try:
-        code = _compile_file(path, loader)
-    except OSError as exc:
-        raise UsageError(f"can't open file {path!r}: {exc.strerror or exc}") from None
-    except SyntaxError:
-        raise  # python reports these without a traceback and exit 1; main() does the same
-    except (ValueError, ImportError, EOFError) as exc:
-        raise UsageError(f"can't run {path!r}: {exc}") from None
-    attrs = {"__file__": path, "__loader__": loader, "__spec__": None, "__package__": None}
-    attrs["__cached__"] = None
-    return Program(code, script, os.path.dirname(os.path.realpath(path)), attrs)
-
-
-def _compile_file(path: str, loader: importlib.abc.FileLoader) -> types.CodeType:
-    if isinstance(loader, importlib.machinery.SourcelessFileLoader):
-        code = loader.get_code("__main__")
-        if code is None:
-            raise ImportError("no code object in the file")
-        return code
-    with open(path, "rb") as f:
-        source = f.read()
-    return compile(source, path, "exec", dont_inherit=True)
-
-
-def _prepare_module(name: str) -> Program:
-    path0 = os.getcwd()
-    _set_path0(path0)  # so the module is found where `python -m` would find it
-    try:
-        spec = importlib.util.find_spec(name)
-        if spec is not None and spec.submodule_search_locations is not None:
-            main_name = f"{name}.__main__"
-            spec = importlib.util.find_spec(main_name)
-            if spec is None:
-                raise UsageError(
-                    f"no module named {main_name}; {name!r} is a package and cannot be run"
-                )
-    except (ImportError, ValueError) as exc:
-        raise UsageError(f"error while finding module {name!r}: {exc}") from None
-    if spec is None or spec.loader is None or spec.origin is None:
-        raise UsageError(f"no module named {name}")
-    return Program(_code_of(spec), spec.origin, path0, _spec_attrs(spec, spec.parent))
-
-
-def _set_path0(path0: str) -> None:
-    """Put the program's directory first on ``sys.path``, where unstall's own entry was.
-
-    Under ``python -P`` (safe path) python adds no such entry, and neither do we.
-    """
-    if not sys.flags.safe_path:
-        sys.path[0:1] = [path0]
-
-
-def _is_zip(path: str) -> bool:
-    import zipfile
-
-    return os.path.isfile(path) and zipfile.is_zipfile(path)
-
-
-def _code_of(spec: importlib.machinery.ModuleSpec) -> types.CodeType:
-    loader = spec.loader
-    get_code = getattr(loader, "get_code", None)
-    code = get_code(spec.name) if get_code is not None else None
-    if code is None:
-        raise UsageError(f"no code to run in {spec.origin or spec.name!r}")
-    assert isinstance(code, types.CodeType)
-    return code
-
-
-def _spec_attrs(spec: importlib.machinery.ModuleSpec, package: str | None) -> dict[str, Any]:
-    return {
-        "__file__": spec.origin,
-        "__loader__": spec.loader,
-        "__spec__": spec,
-        "__package__": package,
-        "__cached__": spec.cached,
-    }
-
-
-class _ProgramExit(Exception):
-    """Carries the program's exit status out of :func:`execute`."""
-
-    def __init__(self, status: int | str | None, interrupted: bool = False) -> None:
-        super().__init__(status)
-        self.status = status
-        self.interrupted = interrupted
-
-
-def execute(program: Program, args: list[str]) -> int:
-    """Run ``program`` as ``__main__`` and return its exit status, as python would.
-
-    ``SystemExit`` propagates unchanged (python prints its message). Any other exception
-    is printed through ``sys.excepthook`` with unstall's own frames cut off, and gives 1.
-    A ``KeyboardInterrupt`` is re-raised after the summary, as python does, so the
-    process ends by SIGINT.
-    """
-    module = types.ModuleType("__main__")
-    module.__dict__.update(program.attrs, __builtins__=builtins)
-    sys.argv[:] = [program.argv0, *args]
-    _set_path0(program.path0)
-    sys.modules["__main__"] = module
-    try:
-        exec(program.code, module.__dict__)
-    except SystemExit:
-        raise
-    except BaseException as exc:
-        tb = exc.__traceback__.tb_next if exc.__traceback__ else None
-        sys.excepthook(type(exc), exc.with_traceback(tb), tb)
-        if isinstance(exc, KeyboardInterrupt):
-            _session_end_by_sigint()
-            return 130
-        return 1
-    return 0
-
-
-def _session_end_by_sigint() -> None:
-    global _end_by_sigint
-    _end_by_sigint = True
-
-
-_end_by_sigint = False
 
 
 # --- the watching session ---------------------------------------------------------------------
@@ -434,7 +276,7 @@ def _worth_a_line(previous: Stall | None, stall: Stall) -> bool:
 def _without_runner(stall: Stall) -> Stall:
     """Drop the frames of python's and unstall's start-up above the program's ``<module>``."""
     for index, frame in enumerate(stall.stack):
-        if frame.file == __file__ and frame.function == "execute":
+        if is_launch_frame(frame.file, frame.function):
             return stall.with_updates(stack=stall.stack[index + 1 :])
     return stall
 
@@ -508,36 +350,36 @@ def _flush_std() -> None:
             stream.flush()
 
 
-def _finish(session: Session, pid: int) -> None:
+def _finish(session: Session, pid: int, outcome: list[Outcome]) -> None:
     if os.getpid() != pid:
         return  # a forked child exiting normally: the report belongs to the parent
     session.finish()
-    if _end_by_sigint:
-        # python ends a program killed by an uncaught KeyboardInterrupt with SIGINT itself
+    if outcome and outcome[0].interrupted:
+        # python ends a program stopped by an uncaught KeyboardInterrupt with SIGINT itself
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGINT)
 
 
 def main(argv: list[str]) -> int:
-    """``unstall run``: returns the program's exit status (``SystemExit`` passes through)."""
+    """``unstall run``: returns the program's exit status (``SystemExit`` passes through).
+
+    The summary and the output files are written by an ``atexit`` hook registered before
+    the program starts, so they come after the program's own hooks and threads.
+    """
     try:
         opts = parse_args(argv)
         if opts is None:
             print(_HELP)
             return 0
-        program = prepare(opts)
-    except SyntaxError as exc:
-        sys.excepthook(
-            type(exc), exc.with_traceback(None), None
-        )  # as python reports it: no traceback, exit 1
-        return 1
-    except UsageError as exc:
-        print(f"unstall run: {exc}", file=sys.stderr)
-        return 2
-    try:
+        program = prepare(opts.script, opts.module)
         session = Session(opts, [program.argv0, *opts.args])
-    except UsageError as exc:
+    except SyntaxError as exc:  # as python reports it: no traceback, exit 1
+        sys.excepthook(type(exc), exc.with_traceback(None), None)
+        return 1
+    except (UsageError, LaunchError) as exc:
         print(f"unstall run: {exc}", file=sys.stderr)
         return 2
-    atexit.register(_finish, session, os.getpid())
-    return execute(program, opts.args)
+    outcome: list[Outcome] = []
+    atexit.register(_finish, session, os.getpid(), outcome)
+    outcome.append(execute(program, opts.args))
+    return outcome[0].status
