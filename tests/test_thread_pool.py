@@ -7,6 +7,7 @@ import contextvars
 import functools
 import gc
 import http.server
+import inspect
 import logging
 import os
 import sqlite3
@@ -68,6 +69,13 @@ def wait_until(predicate: Callable[[], bool], timeout: float = SLACK_S) -> bool:
 
 
 # ---------------------------------------------------------------- drop-in for to_thread
+
+
+def test_to_thread_has_the_signature_of_asyncio_to_thread() -> None:
+    def shape(fn: Callable[..., Any]) -> list[tuple[str, Any]]:
+        return [(p.name, p.kind) for p in inspect.signature(fn).parameters.values()]
+
+    assert shape(unstall.to_thread) == shape(asyncio.to_thread)
 
 
 def test_to_thread_passes_args_and_kwargs() -> None:
