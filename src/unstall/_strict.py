@@ -39,7 +39,14 @@ from typing import Any, Literal, ParamSpec, TypeVar, overload
 
 from unstall import _strict_patch
 from unstall._stall import Frame
-from unstall._strict_allow import DEFAULT_ALLOW, AllowList, callback_frames, is_stdlib, own_frames
+from unstall._strict_allow import (
+    DEFAULT_ALLOW,
+    AllowList,
+    callback_frames,
+    is_installed,
+    is_stdlib,
+    own_frames,
+)
 from unstall._strict_rules import AUDIT_RULES, PATCHES, THIRD_PARTY_PATCHES, Patch, Rule
 
 __all__ = ["BlockingCallError", "BlockingCallWarning", "install", "strict"]
@@ -145,14 +152,24 @@ def _to_frame(frame: FrameType) -> Frame:
 
 
 def _site(frames: Sequence[FrameType], rule: Rule) -> FrameType | None:
-    """The frame to blame: outside the standard library and the called library itself."""
+    """The frame to blame: your code, rather than the libraries it went through.
+
+    The first frame outside the standard library, installed packages and the called
+    library itself; else the first outside the standard library; else the innermost.
+    """
     package = rule.call.partition(".")[0]
+    fallback = None
     for frame in frames:
-        module = frame.f_globals.get("__name__", "")
-        if is_stdlib(frame.f_code.co_filename) or module.partition(".")[0] == package:
+        filename = frame.f_code.co_filename
+        if is_stdlib(filename):
             continue
-        return frame
-    return frames[0] if frames else None
+        module = frame.f_globals.get("__name__", "")
+        if module.partition(".")[0] == package:
+            continue
+        if not is_installed(filename):
+            return frame
+        fallback = fallback or frame
+    return fallback or (frames[0] if frames else None)
 
 
 def _build_error(rule: Rule, shown: str, frames: Sequence[FrameType]) -> BlockingCallError:

@@ -24,7 +24,14 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from types import FrameType
 
-__all__ = ["DEFAULT_ALLOW", "AllowList", "callback_frames", "is_stdlib"]
+__all__ = [
+    "DEFAULT_ALLOW",
+    "AllowList",
+    "callback_frames",
+    "is_installed",
+    "is_stdlib",
+    "own_frames",
+]
 
 DEFAULT_ALLOW: tuple[str, ...] = (
     "unstall",  # unstall's own machinery: worker handoff, watcher, reports
@@ -69,6 +76,15 @@ def is_stdlib(filename: str) -> bool:
         if len(_stdlib_cache) < 10_000:
             _stdlib_cache[filename] = known
     return known
+
+
+def is_installed(filename: str) -> bool:
+    """Whether a file belongs to an installed package (site-packages), not your project."""
+    return (
+        filename.startswith(_SITE_DIRS)
+        or "site-packages" in filename
+        or "dist-packages" in filename
+    )
 
 
 # Frames where a loop hands control to a callback: user code starts above them.
