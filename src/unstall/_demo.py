@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import IO
@@ -288,30 +289,35 @@ def main(argv: list[str]) -> int:
         return 0
     fast, no_color = parsed
     color = not no_color and should_color(sys.stderr)
-    timings = FAST_TIMINGS if fast else NORMAL_TIMINGS
     say = _Narrator(color)
     try:
         with tempfile.TemporaryDirectory(prefix="unstall-demo-") as workdir:
-            for name, text in (
-                ("blocking_call.py", BLOCKING_SCRIPT),
-                ("fixed_call.py", FIXED_SCRIPT),
-            ):
-                with open(os.path.join(workdir, name), "w", encoding="utf-8") as f:
-                    f.write(text)
-            _intro(say, timings)
-            _step(say, 1, "The blocking version, under the watcher:", "blocking_call.py")
-            blocking = _run_watched(workdir, "blocking_call.py", timings, color)
-            found = _culprit_story(say, blocking, workdir)
-            _fix(say)
-            _step(
-                say,
-                2,
-                "The fixed version: slow_function() now runs in a worker thread.",
-                "fixed_call.py",
-            )
-            fixed = _run_watched(workdir, "fixed_call.py", timings, color)
-            clean = _closing(say, fixed)
+            ok = _tell(say, workdir, FAST_TIMINGS if fast else NORMAL_TIMINGS, pause=not fast)
     except KeyboardInterrupt:
         say.say("\nunstall demo: interrupted")
         return 130
-    return 0 if found and clean and blocking.returncode == 0 else 1
+    return 0 if ok else 1
+
+
+def _tell(say: _Narrator, workdir: str, timings: tuple[float, float], *, pause: bool) -> bool:
+    """The whole story; returns whether it came out as told."""
+    for name, text in (("blocking_call.py", BLOCKING_SCRIPT), ("fixed_call.py", FIXED_SCRIPT)):
+        with open(os.path.join(workdir, name), "w", encoding="utf-8") as f:
+            f.write(text)
+    _intro(say, timings)
+    _breathe(pause)
+    _step(say, 1, "The blocking version, under the watcher:", "blocking_call.py")
+    blocking = _run_watched(workdir, "blocking_call.py", timings, say.color)
+    found = _culprit_story(say, blocking, workdir)
+    _fix(say)
+    _breathe(pause)
+    title = "The fixed version: slow_function() now runs in a worker thread."
+    _step(say, 2, title, "fixed_call.py")
+    fixed = _run_watched(workdir, "fixed_call.py", timings, say.color)
+    return _closing(say, fixed) and found and blocking.returncode == 0
+
+
+def _breathe(pause: bool) -> None:
+    """A moment to read the narration before the next run starts (not with --fast)."""
+    if pause:
+        time.sleep(1.5)
