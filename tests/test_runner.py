@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from unstall import Frame, Report, Stall
-from unstall._runner import Options, UsageError, _worth_a_line, parse_args
+from unstall._runner import Options, Session, UsageError, _worth_a_line, parse_args
 
 PY = sys.executable
 
@@ -138,6 +138,23 @@ def test_live_lines_of_a_long_hang_thin_out() -> None:
     moved = stall.with_updates(duration_s=stall.duration_s + 1, culprit=Frame("/app.py", 9, "g"))
     assert _worth_a_line(stall, moved)
     assert _worth_a_line(stall, hang.with_updates(start_s=50.0))  # another hang
+
+
+def test_a_live_hang_is_in_the_report_once_until_it_ends() -> None:
+    session = Session(Options(quiet=True, script="app.py"), ["app.py"])  # a real watcher
+    try:
+        hang = Stall(
+            1.0, 2.0, "MainThread", 1, "loop@1", culprit=Frame("/app.py", 3, "f"), ongoing=True
+        )
+        session._on_hang(hang)
+        assert session.report().stalls == [hang]
+        session._on_hang(hang.with_updates(duration_s=3.0))
+        assert [s.duration_s for s in session.report().stalls] == [3.0]
+        session._on_stall(hang.with_updates(duration_s=3.5, ongoing=False))
+        assert session.report().stalls == []  # finished: the watcher's own list has it now
+        assert session.report().argv == ["app.py"]
+    finally:
+        session.watcher.stop()
 
 
 # --- bad input on the command line: one line, exit 2 ---------------------------------------------

@@ -103,7 +103,7 @@ def parse_args(argv: list[str]) -> Options | None:
             setattr(opts, _VALUED[name], _threshold(value) if name == "--threshold" else value)
         elif arg in _FLAGS:
             setattr(opts, _FLAGS[arg], True)
-        elif arg == "-m" or arg.startswith("-m"):
+        elif arg.startswith("-m"):  # "-m mod" or "-mmod", as python accepts
             module = arg[2:] or (argv[i + 1] if i + 1 < len(argv) else "")
             if not module:
                 raise UsageError("option -m needs a module name")
@@ -148,9 +148,7 @@ class Session:
         self._uninstall_strict: Callable[[], None] | None = None
         self._writers = _load_writers(opts)
         self._started_at, self._started_mono = time.time(), time.monotonic()
-        if opts.json:
-            _check_writable(opts.json, "--json")
-        for flag, path in (("--html", opts.html), ("--trace", opts.trace)):
+        for flag, path in (("--json", opts.json), ("--html", opts.html), ("--trace", opts.trace)):
             if path:
                 _check_writable(path, flag)
         import unstall
@@ -209,10 +207,7 @@ class Session:
             report.duration_s = time.monotonic() - self._started_mono
         with self._lock:
             ongoing = list(self._ongoing.values())
-        known = {(s.thread_id, s.loop, round(s.start_s, 1)) for s in report.stalls}
-        for stall in ongoing:
-            if (stall.thread_id, stall.loop, round(stall.start_s, 1)) not in known:
-                report.stalls.append(stall)
+        report.stalls += [o for o in ongoing if not any(_same(o, s) for s in report.stalls)]
         report.stalls = sorted((_without_runner(s) for s in report.stalls), key=lambda s: s.start_s)
         return report
 
@@ -271,6 +266,11 @@ def _worth_a_line(previous: Stall | None, stall: Stall) -> bool:
     before, now = previous.duration_s, stall.duration_s
     passed = [m for m in _MILESTONES_S if before < m <= now]
     return bool(passed) or (now >= 60.0 and before // 60.0 != now // 60.0)
+
+
+def _same(a: Stall, b: Stall) -> bool:
+    """The same stall of the same loop (one seen live, the other in the watcher's report)."""
+    return a.thread_id == b.thread_id and a.loop == b.loop and abs(a.start_s - b.start_s) < 0.05
 
 
 def _without_runner(stall: Stall) -> Stall:
