@@ -643,6 +643,74 @@ def test_loops_in_other_threads_and_uvloop_are_watched(tmp_path: Path) -> None:
     assert f"threads.py:{line_of(app, 'time.sleep(0.4)')} in in_worker_thread" in proc.stderr
 
 
+SERVER = """\
+import sys, time
+import uvicorn
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+def load_report():
+    time.sleep(0.3)
+    return "report"
+
+async def report(request):
+    return PlainTextResponse(load_report())
+
+app = Starlette(routes=[Route("/report", report)])
+
+if __name__ == "__main__":
+    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
+"""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.mark.slow
+def test_a_real_uvicorn_server_stopped_by_ctrl_c(tmp_path: Path) -> None:
+    httpx = pytest.importorskip("httpx", reason="httpx is part of the test extras")
+    app = write(tmp_path / "server.py", SERVER)
+    port = _free_port()
+    proc = subprocess.Popen(
+        [PY, "-m", "unstall", "run", "--json", "r.json", "server.py", str(port)],
+        cwd=tmp_path,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                assert httpx.get(f"http://127.0.0.1:{port}/report").text == "report"
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        assert httpx.get(f"http://127.0.0.1:{port}/report").text == "report"
+        proc.send_signal(signal.SIGINT)  # uvicorn shuts down cleanly, as under python
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, stderr
+    line = line_of(app, "time.sleep(0.3)")
+    assert f"server.py:{line} in load_report" in stderr
+    assert "Traceback" not in stderr
+    stalls = [s for s in Report.read(tmp_path / "r.json").stalls if s.culprit]
+    assert [(s.culprit.function, s.culprit.line) for s in stalls] == [("load_report", line)] * 2
+
+
 def test_trace_output_is_written(tmp_path: Path) -> None:
     write(tmp_path / "app.py", BLOCKER)
     proc = run_unstall(["--trace", "t.json", "app.py", "0.3"], tmp_path)
