@@ -116,7 +116,9 @@ _DEFAULTS = AllowList.compile(DEFAULT_ALLOW)
 _scope: contextvars.ContextVar[_Policy | None] = contextvars.ContextVar(
     "unstall_strict", default=None
 )
-_process: list[_Policy] = []  # process-wide policies; the last installed wins
+# Process-wide policies, the last installed wins. A tuple, replaced whole under
+# _state_lock, so that wrappers in other threads read it without a lock.
+_process: tuple[_Policy, ...] = ()
 _tls = threading.local()  # .depth is True while a checked call runs on this thread
 _state_lock = threading.Lock()
 _users = 0  # active scopes + installs; wrappers are in place while > 0
@@ -127,8 +129,9 @@ _hook_added = False
 
 def _policy() -> _Policy | None:
     policy = _scope.get()
-    if policy is None and _process:
-        return _process[-1]
+    if policy is None:
+        installed = _process
+        return installed[-1] if installed else None
     return policy
 
 
@@ -416,7 +419,7 @@ class strict:  # lowercase: it reads as a function at the call site
         """
         policy = self._policy
         _acquire()
-        _process.append(policy)
+        _add_process_policy(policy)
         done = False
 
         def uninstall() -> None:
@@ -425,10 +428,23 @@ class strict:  # lowercase: it reads as a function at the call site
                 if done:
                     return
                 done = True
-                _process.remove(policy)
+                _remove_process_policy(policy)
             _release()
 
         return uninstall
+
+
+def _add_process_policy(policy: _Policy) -> None:
+    global _process
+    with _state_lock:
+        _process = (*_process, policy)
+
+
+def _remove_process_policy(policy: _Policy) -> None:
+    """Remove the latest install of ``policy``; the caller holds ``_state_lock``."""
+    global _process
+    index = max(i for i, p in enumerate(_process) if p is policy)
+    _process = _process[:index] + _process[index + 1 :]
 
 
 class _Scope:
