@@ -452,6 +452,12 @@ def test_bad_options_are_clear_errors() -> None:
     with pytest.raises(TypeError, match="decorates a function"):
         unstall.strict()(3)  # type: ignore[call-overload]
 
+    async def agen() -> Any:
+        yield 1
+
+    with pytest.raises(TypeError, match="generator function"):
+        unstall.strict()(agen)
+
 
 def test_warn_action_points_at_the_caller() -> None:
     with pytest.warns(BlockingCallWarning, match="time.sleep") as record:

@@ -177,6 +177,11 @@ class strict:  # lowercase: it reads as a function at the call site
     def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
         if not callable(fn):
             raise TypeError(f"strict() decorates a function, got {fn!r}")
+        if inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
+            raise TypeError(
+                f"strict() cannot decorate the generator function {fn.__qualname__}: its body "
+                "runs after the call returns; use `with unstall.strict():` inside it"
+            )
         policy = self._policy
         if inspect.iscoroutinefunction(fn):
 
