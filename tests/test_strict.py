@@ -675,3 +675,42 @@ def test_catalogue_covers_the_peers_lists() -> None:
         "os.system",
     ]:
         assert call in names, call
+
+
+def test_a_real_server_under_strict_mode() -> None:
+    httpx = pytest.importorskip("httpx")
+    uvicorn = pytest.importorskip("uvicorn")
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    async def fine(request: Any) -> PlainTextResponse:
+        await asyncio.sleep(0.001)
+        return PlainTextResponse("fine")
+
+    async def blocks(request: Any) -> PlainTextResponse:
+        time.sleep(0.002)
+        return PlainTextResponse("never")
+
+    app = Starlette(routes=[Route("/fine", fine), Route("/blocks", blocks)])
+    seen: list[unstall.BlockingCallError] = []
+
+    async def main() -> tuple[int, int]:
+        sock = socket.create_server(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        client = httpx.AsyncClient()  # its TLS setup reads files: made before strict mode
+        with unstall.strict(_sink=seen.append):
+            config = uvicorn.Config(app, log_level="critical", lifespan="off")
+            server = uvicorn.Server(config)
+            serving = asyncio.create_task(server.serve(sockets=[sock]))
+            while not server.started:
+                await asyncio.sleep(0.01)
+            async with client:
+                ok = await client.get(f"http://127.0.0.1:{port}/fine")
+                bad = await client.get(f"http://127.0.0.1:{port}/blocks")
+            server.should_exit = True
+            await serving
+        return ok.status_code, bad.status_code
+
+    assert asyncio.run(main()) == (200, 500)
+    assert [(e.call, e.line) for e in seen] == [("time.sleep", blocks.__code__.co_firstlineno + 1)]

@@ -12,7 +12,9 @@ a write to stderr never wait). Rules reach strict mode two ways:
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -70,10 +72,23 @@ def _blocking_socket(args: Args, kwargs: Kwargs) -> bool:
         return False
 
 
+def _console_fds() -> set[int]:
+    """Descriptors of the console streams, wherever they point now (pytest's capture too)."""
+    fds = {1, 2}
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            fds.add(stream.fileno())
+    return fds
+
+
 def _fd_blocks(fd: Any, *, writing: bool) -> bool:
-    if not isinstance(fd, int) or (writing and fd in (1, 2)):
+    # Console output (print, logging to stderr, a terminal, /dev/null) is never flagged,
+    # as in blockbuster: it is what programs do on purpose, and rarely waits.
+    if not isinstance(fd, int) or (writing and fd in _console_fds()):
         return False
     try:
+        if writing and stat.S_ISCHR(os.fstat(fd).st_mode):
+            return False
         return os.get_blocking(fd)
     except OSError:
         return False  # a bad descriptor: let the call itself raise
@@ -87,13 +102,7 @@ def _os_write_blocks(args: Args, kwargs: Kwargs) -> bool:
     return _fd_blocks(_arg(args, kwargs, 0, "fd", None), writing=True)
 
 
-def _stdio(stream: Any) -> bool:
-    return any(stream is s for s in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__))
-
-
 def _file_blocks(stream: Any, *, writing: bool) -> bool:
-    if writing and _stdio(stream):
-        return False
     try:
         fd = stream.fileno()
     except (OSError, ValueError, AttributeError):
