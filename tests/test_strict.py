@@ -13,6 +13,7 @@ import sqlite3
 import ssl
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -714,3 +715,32 @@ def test_a_real_server_under_strict_mode() -> None:
 
     assert asyncio.run(main()) == (200, 500)
     assert [(e.call, e.line) for e in seen] == [("time.sleep", blocks.__code__.co_firstlineno + 1)]
+
+
+def test_client_libraries_are_never_imported_by_strict_mode(env: Env) -> None:
+    """Imported later, requests is still caught, inside it and reported at your line."""
+    port = _server(env).getsockname()[1]
+    script = textwrap.dedent(
+        f"""
+        import asyncio, sys
+        import unstall
+
+        async def main():
+            with unstall.strict():
+                assert "requests" not in sys.modules and "httpx" not in sys.modules
+                import requests
+                try:
+                    requests.get("http://127.0.0.1:{port}/", timeout=0.01)  # line 10
+                except unstall.BlockingCallError as exc:
+                    print(exc.call, exc.line)
+
+        asyncio.run(main())
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    call, line = out.stdout.split()
+    # its first blocking call inside (reading ~/.netrc, DNS, connect), at the user's line
+    assert call.startswith(("os.", "socket.", "open")), out.stdout
+    assert line == "10", out

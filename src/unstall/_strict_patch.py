@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import gc
 import importlib
-import importlib.util
 import logging
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -39,14 +39,18 @@ class Applied:
     rule: Rule
 
 
-def _resolve(owner: str, *, import_missing: bool) -> Any:
+def _resolve(owner: str, *, imported_only: bool) -> Any:
     module_name, _, class_path = owner.partition(":")
-    if not import_missing and importlib.util.find_spec(module_name.split(".")[0]) is None:
-        return None
-    try:
-        target: Any = importlib.import_module(module_name)
-    except ImportError:
-        return None
+    target: Any
+    if imported_only:
+        target = sys.modules.get(module_name)
+        if target is None:
+            return None
+    else:
+        try:
+            target = importlib.import_module(module_name)
+        except ImportError:
+            return None
     for part in filter(None, class_path.split(".")):
         target = getattr(target, part, None)
         if target is None:
@@ -87,11 +91,12 @@ def _own(target: Any, attr: str) -> Any:
 def apply(patches: Iterable[Patch], wrap: Wrap, *, third_party: bool = False) -> list[Applied]:
     """Wrap every patch target that exists; return what to :func:`restore` later.
 
-    ``third_party`` targets are imported only when their package is installed.
+    ``third_party`` targets are wrapped only if already imported: strict mode never
+    imports a client library (no side effects, no import time on a loop thread).
     """
     done: list[Applied] = []
     for patch in patches:
-        target = _resolve(patch.owner, import_missing=not third_party)
+        target = _resolve(patch.owner, imported_only=third_party)
         original = None if target is None else getattr(target, patch.attr, None)
         if original is None:
             continue
