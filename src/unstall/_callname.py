@@ -98,9 +98,13 @@ def _dotted(node: ast.expr) -> tuple[str, ...] | None:
     return tuple(reversed(names))
 
 
-def call_at(frame: types.FrameType) -> str | None:
-    """The qualified name of the call ``frame`` is executing, or ``None`` when not in a call."""
-    path = callee_path(frame.f_code, frame.f_lasti)
+def call_at(frame: types.FrameType, lasti: int | None = None) -> str | None:
+    """The qualified name of the call ``frame`` is executing, or ``None`` when not in a call.
+
+    ``lasti`` pins the instruction: reading source may release the GIL, and a frame of
+    another thread moves on meanwhile.
+    """
+    path = callee_path(frame.f_code, frame.f_lasti if lasti is None else lasti)
     if path is None:
         return None
     return resolve(path, frame)

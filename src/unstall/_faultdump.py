@@ -1,18 +1,26 @@
-"""The faulthandler route: stacks of C code that holds the GIL.
+"""The faulthandler route (opt-in): stacks of C code that holds the GIL, from a C thread.
 
 While C code holds the GIL (``sum(range(10**9))``, a catastrophic regex, ``json.dumps``
-of a huge object), no Python thread runs, the watchdog included: its first sample comes
-after the C call, when the loop thread has moved on. ``faulthandler.dump_traceback_later``
-dumps every thread's stack from a C thread that needs no GIL. The watchdog uses it as a
-dead man's switch: it re-arms the timer (``timeout`` below the threshold) well before it
-expires, so the timer fires only when the watchdog itself could not run for that long:
-exactly when the GIL is held. The dump is written to an unlinked temporary file, read back
-when the watchdog runs again, and each thread's stack becomes a sample at the time it fired.
+of a huge object), no Python thread runs, the watchdog included. The watchdog's gap
+weighting (:mod:`unstall._attribution`) usually still names the right line: CPython checks
+for a pending GIL request right after a call returns, so the watchdog's first sample lands
+on the line that made the C call. This module adds a second witness:
+``faulthandler.dump_traceback_later`` dumps every thread's stack from a C thread that needs
+no GIL. The watchdog uses it as a dead man's switch: it re-arms the timer (``timeout``
+below the threshold) well before it expires, so the timer fires only when the watchdog
+itself could not run for that long. The dump is written to an unlinked temporary file,
+read back when the watchdog runs again, and each thread's stack becomes a sample at the
+time it fired.
 
-The timer is process-wide. ``faulthandler.dump_traceback_later`` and
-``cancel_dump_traceback_later`` are wrapped at import so that someone else arming it
-(pytest's ``faulthandler_timeout``, the program itself) is noticed: the watcher then
-leaves the timer alone, falls back on the sampler, and says so once in the log.
+It is OFF by default (``UNSTALL_FAULTHANDLER=1`` or :func:`enable` turns it on): the dump
+reads other threads' frames without the GIL, which is safe while they are stuck in C code
+but not if the watchdog was merely descheduled by a busy machine while the loop ran
+Python; we saw that crash a process (SIGSEGV) once in six benchmark runs under load.
+
+The timer is process-wide. When enabled, ``faulthandler.dump_traceback_later`` and
+``cancel_dump_traceback_later`` are wrapped so that someone else arming it (pytest's
+``faulthandler_timeout``, the program itself) is noticed: the watcher then leaves the timer
+alone, falls back on the sampler, and says so once in the log.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ from unstall._culprit import callback_start, culprit_index
 from unstall._sampler import Sample
 from unstall._stall import Frame
 
-__all__ = ["Dump", "available", "disarm", "parse", "tick"]
+__all__ = ["Dump", "available", "disarm", "enable", "parse", "tick"]
 
 _log = logging.getLogger("unstall")
 _THREAD_RE = re.compile(r"^(?:Current thread|Thread) (0x[0-9a-fA-F]+)")
@@ -45,7 +53,7 @@ _original_arm: Callable[..., None] = faulthandler.dump_traceback_later
 _original_cancel: Callable[[], None] = faulthandler.cancel_dump_traceback_later
 _foreign = False
 _said_foreign = False
-_enabled = os.environ.get("UNSTALL_FAULTHANDLER", "1") != "0"
+_enabled = False
 _fd: int | None = None
 _armed_at: float | None = None
 _timeout = 0.0
@@ -116,8 +124,19 @@ def _cancel_wrapper() -> None:
     _original_cancel()
 
 
-faulthandler.dump_traceback_later = _arm_wrapper
-faulthandler.cancel_dump_traceback_later = _cancel_wrapper
+def enable(on: bool = True) -> None:
+    """Turn the faulthandler route on (or off) for every watcher in the process."""
+    global _enabled
+    if on:
+        faulthandler.dump_traceback_later = _arm_wrapper
+        faulthandler.cancel_dump_traceback_later = _cancel_wrapper
+    elif _armed_at is not None and not _foreign:
+        disarm()
+    _enabled = on
+
+
+if os.environ.get("UNSTALL_FAULTHANDLER", "0") == "1":
+    enable()
 
 
 def available() -> bool:

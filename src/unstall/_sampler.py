@@ -71,13 +71,16 @@ def capture(
         f = f.f_back
     del top, f
     chain.reverse()
+    # Read every position first: naming the call reads source files, which releases the
+    # GIL, and the loop thread may move on meanwhile.
+    lastis = [fr.f_lasti for fr in chain]
     frames = tuple(frame_record(fr.f_code, fr.f_lineno or 0) for fr in chain)
     files = [fr.file for fr in frames]
     start = callback_start(files, [fr.function for fr in frames])
     index = culprit_index(files, start)
     sample = Sample(now, frames, index)
     try:
-        sample.call = call_at(chain[index]) if index >= 0 else None
+        sample.call = call_at(chain[index], lastis[index]) if index >= 0 else None
     except Exception:  # naming the call is best effort: never break sampling
         sample.call = None
     _describe_running(sample, loop, chain, start)
