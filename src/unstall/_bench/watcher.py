@@ -119,8 +119,8 @@ def _measure(kind: str, work: Workload, items: int, rounds: int) -> dict[str, fl
     for r in range(rounds):
         order = MODES[r % len(MODES) :] + MODES[: r % len(MODES)]
         for mode in order:
-            # Debug mode is 10x slower: a tenth of the work keeps its rounds short.
-            n = items // 10 if mode == "debug" else items
+            # Debug mode is 10x-100x slower: a fiftieth of the work keeps its rounds short.
+            n = items // 50 if mode == "debug" else items
             results[mode].append(_run_once(kind, mode, work, n))
     return {m: statistics.median(v) for m, v in results.items()}
 
