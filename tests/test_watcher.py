@@ -442,3 +442,55 @@ def test_bad_arguments_are_clear_errors(
 def test_loop_that_is_not_a_loop_is_a_type_error() -> None:
     with pytest.raises(TypeError, match="event loop"):
         unstall.watch(object())  # type: ignore[arg-type]
+
+
+def test_explicit_loop_watched_before_it_runs() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        watcher = unstall.watch(loop, threshold=THRESHOLD, log=False)
+        truth = loop.run_until_complete(blocked(blocking.sleep_block, 0.3)())
+        watcher.stop()
+    finally:
+        loop.close()
+    stall = only(watcher)
+    assert abs(stall.duration_s - truth) <= 0.1 * truth
+    assert stall.loop == f"{type(loop).__name__}@{id(loop):#x}"
+
+
+def test_watchers_with_different_thresholds_each_get_theirs() -> None:
+    async def main() -> tuple[Watcher, Watcher]:
+        fine = unstall.watch(threshold=0.1, log=False)
+        coarse = unstall.watch(threshold=0.35, log=False)
+        await asyncio.sleep(0.02)
+        blocking.sleep_block(0.2)
+        await asyncio.sleep(0.02)
+        blocking.sleep_block(0.5)
+        await asyncio.sleep(0.02)
+        coarse.stop()
+        fine.stop()
+        return fine, coarse
+
+    fine, coarse = asyncio.run(main())
+    assert [round(s.duration_s, 1) for s in fine.stalls] == [0.2, 0.5]
+    assert [round(s.duration_s, 1) for s in coarse.stalls] == [0.5]
+
+
+def test_stop_from_inside_on_stall_is_fine() -> None:
+    holder: list[Watcher] = []
+
+    def stop_now(stall: Stall) -> None:
+        holder[0].stop()
+
+    async def main() -> Watcher:
+        holder.append(unstall.watch(threshold=THRESHOLD, on_stall=stop_now, log=False))
+        await asyncio.sleep(0.02)
+        blocking.sleep_block(0.2)
+        for _ in range(20):
+            await asyncio.sleep(0.02)
+        blocking.sleep_block(0.2)  # after stop: not reported
+        await asyncio.sleep(0.02)
+        return holder[0]
+
+    watcher = asyncio.run(main())
+    assert not watcher.running
+    assert len(watcher.stalls) == 1
