@@ -157,6 +157,27 @@ def test_a_live_hang_is_in_the_report_once_until_it_ends() -> None:
         session.watcher.stop()
 
 
+def test_exit_never_waits_forever_on_a_stuck_watcher(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import unstall._runner as runner
+
+    monkeypatch.setattr(runner, "_STUCK_S", 0.2)
+    session = Session(Options(quiet=True, script="app.py"), ["app.py"])
+    real_stop, release = session.watcher.stop, threading.Event()
+    monkeypatch.setattr(session.watcher, "stop", lambda: release.wait(30))  # a fault: stuck
+    try:
+        started = time.monotonic()
+        session.finish()
+        assert time.monotonic() - started < 10
+        err = capsys.readouterr().err
+        assert "the watcher did not stop within 0.2 s; partial report" in err
+        assert "unstall: no asyncio event loop ran" in err  # the summary still came
+    finally:
+        release.set()
+        real_stop()
+
+
 # --- bad input on the command line: one line, exit 2 ---------------------------------------------
 
 
@@ -544,8 +565,9 @@ HANG_IN_ASYNCIO_RUN = HANG_BY_HAND.replace(
 
 def _interrupt_during_hang(args: list[str], cwd: Path, presses: int) -> tuple[int, str]:
     """Start ``args``, press Ctrl-C ``presses`` times once the hang is under way."""
+    env = {**_env(), "PYTHONFAULTHANDLER": "1"}  # SIGABRT on a hang dumps every stack
     proc = subprocess.Popen(
-        args, cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     assert proc.stderr is not None
     stream = proc.stderr
@@ -560,7 +582,13 @@ def _interrupt_during_hang(args: list[str], cwd: Path, presses: int) -> tuple[in
         for _ in range(presses):
             proc.send_signal(signal.SIGINT)
             time.sleep(0.5)
-        proc.wait(timeout=30)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            proc.wait(timeout=30)
+            reader.join()
+            pytest.fail("still running 30 s after Ctrl-C; stacks:\n" + "".join(err))
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 from unstall._launch import LaunchError, Outcome, execute, is_launch_frame, prepare
 from unstall._stall import Report, Stall
@@ -57,6 +57,7 @@ options (before the script or -m; everything after belongs to the program):
 The program's stdout, stderr and exit status are its own; unstall writes to stderr."""
 
 _JSON_REWRITE_S = 0.5
+_STUCK_S = 5.0  # how long exit waits for the watcher before reporting what it has
 
 
 class UsageError(Exception):
@@ -213,14 +214,18 @@ class Session:
 
     def _write_json(self, report: Report | None = None) -> None:
         assert self.opts.json is not None
-        with self._write_lock:
+        if not self._write_lock.acquire(timeout=_STUCK_S):
+            _say(f"unstall run: gave up writing {self.opts.json!r}: a rewrite is stuck")
+            return
+        try:
             self._dirty.clear()
             if report is None and self._done:
                 return  # the final report is written by finish()
-            try:
-                (report or self.report()).write(self.opts.json)
-            except OSError as exc:
-                _say(f"unstall run: cannot write {self.opts.json!r}: {exc.strerror or exc}")
+            (report or self.report()).write(self.opts.json)
+        except OSError as exc:
+            _say(f"unstall run: cannot write {self.opts.json!r}: {exc.strerror or exc}")
+        finally:
+            self._write_lock.release()
 
     def _json_loop(self) -> None:
         while not self._done:
@@ -238,11 +243,7 @@ class Session:
         _flush_std()
         if self._uninstall_strict is not None:
             _call_quietly(self._uninstall_strict, "uninstall strict mode")
-        try:
-            self.watcher.stop()
-        except Exception as exc:
-            _say(f"unstall run: stopping the watcher failed ({exc!r})")
-        report = self.report()
+        report = self._final_report()
         _say(render_summary(report, color=self._color))
         if self.opts.json:
             self._write_json(report)
@@ -251,6 +252,43 @@ class Session:
             if path and writer is not None:
                 _call_quietly(functools.partial(writer, report, path), f"write {path!r}")
         _flush_std()
+
+    def _final_report(self) -> Report:
+        """Stop the watcher and take its report, within a bound: exit must never hang."""
+        try:
+            _within(_STUCK_S, self.watcher.stop)
+            return _within(_STUCK_S, self.report)
+        except TimeoutError:
+            _say(f"unstall run: the watcher did not stop within {_STUCK_S:g} s; partial report")
+        except Exception as exc:
+            _say(f"unstall run: stopping the watcher failed ({exc!r}); partial report")
+        with self._lock:
+            stalls = [*self.watcher.stalls, *self._ongoing.values()]
+        return Report(self.opts.threshold, stalls=stalls, argv=list(self.argv))
+
+
+T = TypeVar("T")
+
+
+def _within(seconds: float, func: Callable[[], T]) -> T:
+    """``func()`` run in a daemon thread; ``TimeoutError`` if it takes longer than ``seconds``."""
+    box: list[T] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            box.append(func())
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name="unstall-run-finish", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise TimeoutError
+    if errors:
+        raise errors[0]
+    return box[0]
 
 
 # Live lines of a long hang thin out (the --json file still follows every update).
