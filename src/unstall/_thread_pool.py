@@ -133,6 +133,13 @@ class _Job:
         value = None
         self = None  # type: ignore[assignment]
 
+    def forget(self) -> None:
+        """Loop thread: the call was cancelled while queued and will never run; let go of
+        its function and arguments now rather than when a worker reaches it in the queue
+        (behind a long call that may be much later). The future goes too: its cached
+        CancelledError holds the caller's frames, and with them the arguments."""
+        del self.func, self.args, self.kwargs, self.ctx, self.fut
+
     def drop(self, ok: bool, value: Any) -> None:
         """Worker thread: the loop is closed; keep a failure visible at DEBUG level only
         (closing a loop with calls in flight must print nothing)."""
@@ -477,7 +484,8 @@ async def _on_cancel(job: _Job, fut: asyncio.Future[Any], cancel: CancelMode) ->
     except IndexError:
         pass
     else:
-        return  # still queued: it will never run
+        job.forget()  # still queued: it will never run
+        return
     if fut.done() and not fut.cancelled():
         # Finished, but the cancellation arrived first: do not lose a failure.
         exc = fut.exception()
