@@ -100,7 +100,10 @@ def main(fd: int) -> None:
             return
         reply = _run_one(request)
         del request
-        write_all(fd, frame(reply))
+        try:
+            write_all(fd, frame(reply))
+        except OSError:  # the parent is gone
+            return
 
 
 def entry(conn: Any) -> None:
