@@ -230,8 +230,10 @@ class Session:
     def _json_loop(self) -> None:
         while not self._done:
             if self._dirty.wait(1.0) and not self._done:
+                started = time.monotonic()
                 self._write_json()
-                time.sleep(_JSON_REWRITE_S)
+                # a big report rewritten often would tax the program: stay under ~5% of a core
+                time.sleep(max(_JSON_REWRITE_S, 20 * (time.monotonic() - started)))
 
     # the end ---------------------------------------------------------------------------------
 
