@@ -408,9 +408,13 @@ def main(argv: list[str]) -> int:
     """
     try:
         opts = parse_args(argv)
-        if opts is None:
-            print(_HELP)
-            return 0
+    except UsageError as exc:
+        print(f"unstall run: {exc} (see `unstall run --help`)", file=sys.stderr)
+        return 2
+    if opts is None:
+        print(_HELP)
+        return 0
+    try:
         program = prepare(opts.script, opts.module)
         session = Session(opts, [program.argv0, *opts.args])
     except SyntaxError as exc:  # as python reports it: no traceback, exit 1
