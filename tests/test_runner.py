@@ -630,7 +630,7 @@ def test_ctrl_c_during_a_hang_interrupts_the_program_and_prints_the_report(
     assert [s.culprit.line for s in stalls if s.culprit] == [line]
 
 
-def test_loops_in_other_threads_and_uvloop_are_watched(tmp_path: Path) -> None:
+def test_every_kind_of_loop_is_watched_without_code_change(tmp_path: Path) -> None:
     pytest.importorskip("uvloop", reason="uvloop is part of the test extras")
     app = write(
         tmp_path / "threads.py",
@@ -660,13 +660,48 @@ def test_loops_in_other_threads_and_uvloop_are_watched(tmp_path: Path) -> None:
             in_uvloop()
 
         uvloop.run(on_uvloop())
+
+        import anyio
+
+        def in_anyio():
+            time.sleep(0.2)
+
+        async def on_anyio():
+            in_anyio()
+
+        anyio.run(on_anyio)
+
+        def in_runner():
+            time.sleep(0.2)
+
+        async def on_runner():
+            in_runner()
+
+        with asyncio.Runner() as runner:
+            runner.run(on_runner())
+
+        def in_hand_made_loop():
+            time.sleep(0.2)
+
+        async def on_hand_made_loop():
+            in_hand_made_loop()
+
+        loop = asyncio.new_event_loop()
+        loop.run_until_complete(on_hand_made_loop())
+        loop.close()
         """,
     )
     proc = run_unstall(["--json", "r.json", "threads.py"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     stalls = Report.read(tmp_path / "r.json").stalls
     found = {(s.thread, s.culprit.function if s.culprit else None) for s in stalls}
-    assert {("worker-thread", "in_worker_thread"), ("MainThread", "in_uvloop")} <= found
+    assert {
+        ("worker-thread", "in_worker_thread"),
+        ("MainThread", "in_uvloop"),
+        ("MainThread", "in_anyio"),
+        ("MainThread", "in_runner"),
+        ("MainThread", "in_hand_made_loop"),
+    } <= found
     assert not any(f == "healthy" for _, f in found)
     assert f"threads.py:{line_of(app, 'time.sleep(0.4)')} in in_worker_thread" in proc.stderr
 
