@@ -259,10 +259,14 @@ class Monitor:
             return False
         if track is None:
             track = self._tracks[key] = _Track(it_key, start)
-        taken = capture(probe.thread_id, probe.loop, probe.cpu_clock, now)
-        again = probe.busy(_monotonic())
-        if taken is not None and again is not None and again[0] == it_key:
-            track.samples.append(taken)
+        # A long hang is sampled less and less often (every 1/200 of its age), so its
+        # samples grow with the log of its duration; weighting by time keeps them fair.
+        last = track.samples[-1].t if track.samples else None
+        if last is None or now - last >= (now - start) / 200:
+            taken = capture(probe.thread_id, probe.loop, probe.cpu_clock, now)
+            again = probe.busy(_monotonic())
+            if taken is not None and again is not None and again[0] == it_key:
+                track.samples.append(taken)
         if now - start >= self.threshold and (
             track.hang_at is None or now - track.hang_at >= HANG_EVERY_S
         ):
