@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import itertools
 import os
 import signal
 import subprocess
@@ -381,6 +382,27 @@ async def test_pool_serves_several_event_loops(pool: ProcessPool) -> None:
     assert await pool.submit(add, (1, 2), {}) == 3
 
 
+@pytest.mark.asyncio
+async def test_loops_in_two_threads_share_a_pool_concurrently() -> None:
+    with ProcessPool(2) as shared:
+
+        async def burst(n: int) -> list[int]:
+            calls = [asyncio.create_task(shared.submit(add, (i, 1), {})) for i in range(n)]
+            for task in calls[::7]:
+                task.cancel()
+            done = await asyncio.gather(*calls, return_exceptions=True)
+            return [r for r in done if isinstance(r, int)]
+
+        other = asyncio.create_task(asyncio.to_thread(asyncio.run, burst(60)))
+        mine = await burst(60)
+        theirs = await other
+        expected = [i + 1 for i in range(60) if i % 7]
+        assert sorted(mine) == expected
+        assert sorted(theirs) == expected
+        assert await shared.submit(add, (1, 1), {}) == 2
+        assert shared._slots <= 2
+
+
 def test_uvloop_round_trip_and_kill(tmp_path: Path) -> None:
     uvloop = pytest.importorskip("uvloop")
     marker = tmp_path / "pids"
@@ -501,7 +523,7 @@ async def test_offload_process_timeout_kills(tmp_path: Path) -> None:
 async def test_offload_process_limit() -> None:
     one_at_a_time = unstall.offload(on="process", limit=1)(interval)
     spans = sorted(await asyncio.gather(*(one_at_a_time(0.1) for _ in range(3))))
-    for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+    for (_, end), (start, _) in itertools.pairwise(spans):
         assert start >= end - 0.01  # never overlapping
 
 

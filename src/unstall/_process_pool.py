@@ -116,7 +116,18 @@ def _pickling_error(
 class _Worker:
     """The parent's handle on one worker process."""
 
-    __slots__ = ("buf", "conn", "fd", "fut", "loop", "poller", "proc", "running", "stopping")
+    __slots__ = (
+        "buf",
+        "conn",
+        "fd",
+        "fut",
+        "loop",
+        "poller",
+        "proc",
+        "reader_loop",
+        "running",
+        "stopping",
+    )
 
     def __init__(self, proc: Any, conn: Any) -> None:
         self.proc = proc
@@ -125,6 +136,7 @@ class _Worker:
         self.buf = bytearray()
         self.fut: asyncio.Future[bytes | None] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.reader_loop: asyncio.AbstractEventLoop | None = None
         self.running = ""
         self.stopping = False
         self.poller = select.poll()
@@ -160,6 +172,20 @@ class _Worker:
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.conn.close()
+
+
+class _Waiter:
+    """A call waiting for a free worker; whoever frees one on its loop starts the call."""
+
+    __slots__ = ("fut", "loop", "name", "payload", "reply")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, payload: bytes, name: str) -> None:
+        self.loop = loop
+        self.fut: asyncio.Future[_Worker | None] = loop.create_future()
+        self.payload = payload
+        self.name = name
+        self.reply: asyncio.Future[bytes | None] | None = None
+        """Set when the call was started for this waiter (it is running)."""
 
 
 _pools: weakref.WeakSet[ProcessPool] = weakref.WeakSet()
@@ -223,8 +249,7 @@ class ProcessPool:
         self._idle: list[_Worker] = []
         self._busy: set[_Worker] = set()
         self._slots = 0  # workers alive or being started
-        self._waiters: deque[tuple[asyncio.AbstractEventLoop, asyncio.Future[_Worker | None]]]
-        self._waiters = deque()
+        self._waiters: deque[_Waiter] = deque()
         self._closed = False
         self._counter = itertools.count(1)
         self._pid = os.getpid()
@@ -268,9 +293,9 @@ class ProcessPool:
             raise _pickling_error(func, args, kwargs, exc) from exc
         name = _name(func)
         while True:
-            worker = await self._acquire()
-            reply = await self._run_on(worker, payload, name, cancel)
-            if isinstance(reply, bytes):
+            running = await self._acquire(payload, name, cancel)
+            if running is not None:  # None: the worker had died idle, the call never ran
+                reply = await self._reply(*running, name, cancel)
                 result: T = _decode(reply, name)
                 return result
 
@@ -291,8 +316,8 @@ class ProcessPool:
             idle, self._idle = self._idle, []
             busy = list(self._busy)
             waiters, self._waiters = list(self._waiters), deque()
-        for loop, fut in waiters:
-            _resolve(loop, fut, None)
+        for waiter in waiters:
+            _resolve(waiter.loop, waiter.fut, None)
         for worker in idle:
             with contextlib.suppress(OSError):
                 os.write(worker.fd, wire.HEADER.pack(0))
@@ -322,34 +347,46 @@ class ProcessPool:
 
     # -- workers --------------------------------------------------------------------------
 
-    async def _acquire(self) -> _Worker:
+    async def _acquire(
+        self, payload: bytes, name: str, cancel: CancelMode
+    ) -> tuple[_Worker, asyncio.Future[bytes | None]] | None:
+        """Start the call on a worker: an idle one, a new one, or the next one to finish."""
+        loop = asyncio.get_running_loop()
         while True:
+            waiter = None
             with self._lock:
                 if self._closed:
                     raise RuntimeError("the ProcessPool is shut down")
                 worker = self._take_idle()
                 if worker is None and self._slots < self.max_workers:
                     self._slots += 1
-                    spawn = True
                 elif worker is None:
                     self._reclaim_orphans()
-                    loop = asyncio.get_running_loop()
-                    waiter: asyncio.Future[_Worker | None] = loop.create_future()
-                    self._waiters.append((loop, waiter))
-                    spawn = False
-                else:
-                    return worker
-            if spawn:
-                return await self._spawn()
+                    waiter = _Waiter(loop, payload, name)
+                    self._waiters.append(waiter)
+            if waiter is None:
+                if worker is None:
+                    worker = await self._spawn()
+                reply = self._start(worker, loop, payload, name)
+                return None if reply is None else (worker, reply)
             try:
-                got = await waiter
+                got = await waiter.fut
             except asyncio.CancelledError:
-                got = waiter.result() if waiter.done() and not waiter.cancelled() else None
-                if got is not None:
+                got = (
+                    waiter.fut.result()
+                    if waiter.fut.done() and not waiter.fut.cancelled()
+                    else None
+                )
+                if got is not None and waiter.reply is not None:  # it was already running
+                    await self._cancelled(got, waiter.reply, cancel)
+                elif got is not None:
                     self._give_back(got)
                 raise
+            if got is not None and waiter.reply is not None:
+                return got, waiter.reply  # started for us by the worker's previous caller
             if got is not None:
-                return got
+                reply = self._start(got, loop, payload, name)
+                return None if reply is None else (got, reply)
             # None: a slot freed up (a worker died) or the pool closed; try again.
 
     def _take_idle(self) -> _Worker | None:
@@ -366,6 +403,7 @@ class ProcessPool:
         # A call whose loop was closed without cancelling it would hold its worker forever.
         for worker in list(self._busy):
             if worker.loop is not None and worker.loop.is_closed():
+                worker.reader_loop = None
                 worker.kill()
                 self._busy.discard(worker)
                 self._slots -= 1
@@ -401,54 +439,82 @@ class ProcessPool:
         return _Worker(proc, parent)
 
     def _give_back(self, worker: _Worker) -> None:
-        """Hand an idle worker to the next waiter, or park it."""
+        """Start the next waiting call on a worker that became free, or park it."""
         with self._lock:
             self._busy.discard(worker)
-            if self._closed:
-                waiter = None
-            else:
-                while self._waiters:
-                    waiter = self._waiters.popleft()
-                    if not waiter[1].done():
-                        break
-                else:
-                    self._idle.append(worker)
-                    return
-        if waiter is None:
+            waiter = None if self._closed else self._next_waiter()
+            if waiter is None and not self._closed:
+                self._drop_reader(worker)  # before another thread can take it from _idle
+                self._idle.append(worker)
+                return
+        if waiter is None:  # closed
+            self._drop_reader(worker)
             worker.close()
             _reap_soon(worker)
-            return
-        _resolve(waiter[0], waiter[1], worker, on_refused=self._give_back)
+        elif not self._dispatch_here(worker, waiter):
+            self._drop_reader(worker)
+            _resolve(waiter.loop, waiter.fut, worker, on_refused=self._give_back)
+
+    def _next_waiter(self) -> _Waiter | None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.fut.done():
+                return waiter
+        return None
+
+    def _dispatch_here(self, worker: _Worker, waiter: _Waiter) -> bool:
+        """On the waiter's own loop, start its call at once: the worker never sits idle."""
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        if running is not waiter.loop:
+            return False
+        reply = self._start(worker, running, waiter.payload, waiter.name)
+        if reply is None:
+            waiter.fut.set_result(None)  # that worker had died: the waiter tries again
+        else:
+            waiter.reply = reply
+            waiter.fut.set_result(worker)
+        return True
+
+    def _drop_reader(self, worker: _Worker) -> None:
+        loop, worker.reader_loop = worker.reader_loop, None
+        if loop is not None and not loop.is_closed():
+            loop.remove_reader(worker.fd)
 
     def _lost_slot(self) -> None:
         """A worker is gone: free its slot and wake one waiter to start a new one."""
         with self._lock:
             self._slots -= 1
-            waiter = None
-            while self._waiters:
-                waiter = self._waiters.popleft()
-                if not waiter[1].done():
-                    break
-                waiter = None
+            waiter = self._next_waiter()
         if waiter is not None:
-            _resolve(waiter[0], waiter[1], None)
+            _resolve(waiter.loop, waiter.fut, None)
 
     # -- one call -------------------------------------------------------------------------
 
-    async def _run_on(
-        self, worker: _Worker, payload: bytes, name: str, cancel: CancelMode
-    ) -> bytes | object:
-        loop = asyncio.get_running_loop()
+    def _start(
+        self, worker: _Worker, loop: asyncio.AbstractEventLoop, payload: bytes, name: str
+    ) -> asyncio.Future[bytes | None] | None:
+        """Send the call; its reply will complete the returned future (None: worker died)."""
         fut: asyncio.Future[bytes | None] = loop.create_future()
         worker.fut, worker.loop, worker.running = fut, loop, name
         with self._lock:
             self._busy.add(worker)
         try:
             wire.write_all(worker.fd, wire.frame(payload))
-        except OSError:  # it died while idle: the call never started, try another worker
+        except OSError:  # it died while idle: the call never started
+            self._drop_reader(worker)
             self._forget(worker)
-            return _RETRY
-        loop.add_reader(worker.fd, self._on_readable, worker)
+            return None
+        if worker.reader_loop is not loop:
+            loop.add_reader(worker.fd, self._on_readable, worker)
+            worker.reader_loop = loop
+        return fut
+
+    async def _reply(
+        self, worker: _Worker, fut: asyncio.Future[bytes | None], name: str, cancel: CancelMode
+    ) -> bytes:
         try:
             reply = await fut
         except asyncio.CancelledError:
@@ -479,8 +545,7 @@ class ProcessPool:
         self._stop(worker)
 
     def _stop(self, worker: _Worker) -> None:
-        if worker.loop is not None and not worker.loop.is_closed():
-            worker.loop.remove_reader(worker.fd)
+        self._drop_reader(worker)
         worker.kill()
         self._forget(worker)
 
@@ -502,8 +567,7 @@ class ProcessPool:
             data = b""
         fut = worker.fut
         if not data:
-            assert worker.loop is not None
-            worker.loop.remove_reader(worker.fd)
+            self._drop_reader(worker)
             if fut is not None and not fut.done():
                 fut.set_result(None)
             return
@@ -512,10 +576,8 @@ class ProcessPool:
             return
         reply = bytes(memoryview(worker.buf)[wire.HEADER.size :])
         worker.buf.clear()
-        assert worker.loop is not None
-        worker.loop.remove_reader(worker.fd)
         worker.fut = None
-        self._give_back(worker)
+        self._give_back(worker)  # may already send it the next call
         if fut is not None and not fut.done():
             fut.set_result(reply)
 
@@ -546,9 +608,6 @@ class ProcessPool:
         self._lock = threading.Lock()
         self._pid = os.getpid()
         self._ctx = multiprocessing.get_context(_usable(self.start_method))
-
-
-_RETRY: Final = object()
 
 
 def _describe_exit(code: int | None) -> str:
