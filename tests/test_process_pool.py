@@ -532,3 +532,26 @@ async def test_pool_run_and_offload_on_a_pool(pool: ProcessPool) -> None:
     assert await pool.run(add, 40, b=2) == 42
     double = unstall.offload(on=pool)(lambda x: x * 2)
     assert await double(21) == 42
+
+
+def test_script_without_main_guard_gets_a_hint(tmp_path: Path) -> None:
+    script = tmp_path / "noguard.py"
+    script.write_text(
+        "import asyncio, os\n"
+        "import unstall._process_pool as pp\n"
+        "async def main():\n"
+        "    try:\n"
+        "        await pp.ProcessPool(1).submit(os.getpid, (), {})\n"
+        "    except pp.WorkerDiedError as e:\n"
+        "        print(e)\n"
+        "asyncio.run(main())\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(Path(unstall.__file__).parents[1])},
+    )
+    assert "died with exit code 1 (before serving any call" in proc.stdout
+    assert "if __name__ == '__main__':" in proc.stdout

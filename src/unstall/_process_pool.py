@@ -126,6 +126,7 @@ class _Worker:
         "proc",
         "reader_loop",
         "running",
+        "served",
         "stopping",
     )
 
@@ -138,6 +139,7 @@ class _Worker:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.reader_loop: asyncio.AbstractEventLoop | None = None
         self.running = ""
+        self.served = 0
         self.stopping = False
         self.poller = select.poll()
         self.poller.register(self.fd, select.POLLIN)
@@ -577,6 +579,7 @@ class ProcessPool:
         reply = bytes(memoryview(worker.buf)[wire.HEADER.size :])
         worker.buf.clear()
         worker.fut = None
+        worker.served += 1
         self._give_back(worker)  # may already send it the next call
         if fut is not None and not fut.done():
             fut.set_result(reply)
@@ -591,6 +594,11 @@ class ProcessPool:
             if worker.stopping
             else _describe_exit(code)
         )
+        if not worker.stopping and not worker.served and code is not None and code > 0:
+            why += (
+                " (before serving any call: see its traceback on stderr; a script must "
+                "guard its entry point with `if __name__ == '__main__':`)"
+            )
         return WorkerDiedError(
             f"worker process {worker.pid} {why} while running {name}",
             pid=worker.pid,
