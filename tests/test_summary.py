@@ -175,7 +175,7 @@ def test_source_line_read_from_the_file_when_missing(tmp_path: Path) -> None:
 def test_ongoing_stall_is_marked(tmp_path: Path) -> None:
     stall = _stall(str(tmp_path / "a.py"), 1, "hang", 9.0, ongoing=True)
     text = render_summary(Report(0.1, [stall], duration_s=9), color=False)
-    assert "still stuck here when the program ended" in text
+    assert "still stuck here when this report was made" in text
 
 
 def test_stall_outside_any_task_and_without_culprit() -> None:

@@ -171,43 +171,47 @@ def render_summary(
     paint = _Painter(should_color() if color is None else color)
     width = width or shutil.get_terminal_size(fallback=(100, 24)).columns
     groups = group_by_culprit(report.stalls)
-    rows = [
-        (
-            f"{len(g)}x",
-            format_duration(sum(s.duration_s for s in g)),
-            format_duration(max(s.duration_s for s in g)),
-        )
-        for _, g in groups
-    ]
+    rows = [_numbers(group) for _, group in groups]
     heads = ("count", "total", "worst")
     cols = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(heads)]
-    indent = " " * (sum(cols) + 2 * len(cols) + 2)
-    room = max(width - len(indent), 20)
-
-    lines = [_headline(report, paint), ""]
-    lines.append(
-        paint(
-            "  " + "  ".join(h.rjust(c) for h, c in zip(heads, cols, strict=True)) + "  where",
-            "dim",
-        )
-    )
+    table = _Table(cols, paint, cwd, room=max(width - _Table.indent_of(cols), 20))
+    lines = [_headline(report, paint), "", paint("  " + table.cells(heads) + "  where", "dim")]
     for (culprit, group), row in zip(groups[:_MAX_GROUPS], rows, strict=False):
-        worst = max(s.duration_s for s in group)
-        numbers = "  ".join(v.rjust(c) for v, c in zip(row, cols, strict=True))
-        lines.append(
-            "  "
-            + paint(numbers, "red" if worst >= 1.0 else "yellow")
-            + "  "
-            + paint(_where(culprit, cwd), "where")
-        )
-        code = _source_line(culprit) if culprit else None
-        if culprit and code:
-            lines.append(indent + _clip(f"{culprit.line} | {code}", room))
-        lines.append(indent + paint(_clip(_context(group), room), "dim"))
-        if any(s.ongoing for s in group):
-            lines.append(indent + paint("still stuck here when the program ended", "red"))
-        worst_stall = max(group, key=lambda s: s.duration_s)
-        lines.append(indent + paint(f"fix: {worst_stall.fix_hint}", "green"))
+        lines += table.group(culprit, group, row)
     if len(groups) > _MAX_GROUPS:
         lines.append(f"  ... and {len(groups) - _MAX_GROUPS} more places (see --json for all)")
     return "\n".join(lines)
+
+
+def _numbers(group: Sequence[Stall]) -> tuple[str, str, str]:
+    durations = [s.duration_s for s in group]
+    return f"{len(group)}x", format_duration(sum(durations)), format_duration(max(durations))
+
+
+class _Table:
+    """Lays out one culprit group: the numbers, then its details under the ``where`` column."""
+
+    def __init__(self, cols: list[int], paint: _Painter, cwd: str | None, room: int) -> None:
+        self.cols, self.paint, self.cwd, self.room = cols, paint, cwd, room
+        self.indent = " " * self.indent_of(cols)
+
+    @staticmethod
+    def indent_of(cols: list[int]) -> int:
+        return sum(cols) + 2 * len(cols) + 2
+
+    def cells(self, values: Sequence[str]) -> str:
+        return "  ".join(v.rjust(c) for v, c in zip(values, self.cols, strict=True))
+
+    def group(self, culprit: Frame | None, group: Sequence[Stall], row: Sequence[str]) -> list[str]:
+        paint, indent = self.paint, self.indent
+        worst = max(group, key=lambda s: s.duration_s)
+        numbers = paint(self.cells(row), "red" if worst.duration_s >= 1.0 else "yellow")
+        lines = ["  " + numbers + "  " + paint(_where(culprit, self.cwd), "where")]
+        code = _source_line(culprit) if culprit else None
+        if culprit and code:
+            lines.append(indent + _clip(f"{culprit.line} | {code}", self.room))
+        lines.append(indent + paint(_clip(_context(group), self.room), "dim"))
+        if any(s.ongoing for s in group):
+            lines.append(indent + paint("still stuck here when this report was made", "red"))
+        lines.append(indent + paint(f"fix: {worst.fix_hint}", "green"))
+        return lines
