@@ -224,6 +224,8 @@ class ProcessPool:
     Raises:
         ValueError: ``max_workers`` below 1, or an unknown ``start_method``.
         TypeError: ``max_workers`` not an int.
+        NotImplementedError: on Windows (the pool relies on POSIX process groups and on
+            the loop watching pipes).
     """
 
     def __init__(
@@ -233,6 +235,11 @@ class ProcessPool:
         start_method: str | None = None,
         name: str = "unstall-process",
     ) -> None:
+        if sys.platform == "win32":
+            raise NotImplementedError(
+                "unstall.ProcessPool needs a POSIX system (Linux, macOS); on Windows use "
+                "offload(on=concurrent.futures.ProcessPoolExecutor())"
+            )
         if max_workers is None:
             max_workers = os.cpu_count() or 1
         if isinstance(max_workers, bool) or not isinstance(max_workers, int):
