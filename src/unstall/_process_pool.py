@@ -26,7 +26,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Any, Final, TypeVar
+from typing import Any, Final, ParamSpec, TypeVar
 
 from unstall import _process_worker as wire
 from unstall._target import CancelMode
@@ -37,6 +37,7 @@ except ImportError:  # pragma: no cover - the [process] extra is installed in th
     _cloudpickle = None
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 log = logging.getLogger("unstall")
 
@@ -261,7 +262,6 @@ class ProcessPool:
         self._waiters: deque[_Waiter] = deque()
         self._closed = False
         self._counter = itertools.count(1)
-        self._pid = os.getpid()
         _pools.add(self)
         _register_exit_hooks()
 
@@ -271,7 +271,7 @@ class ProcessPool:
 
     # -- public API ---------------------------------------------------------------------
 
-    async def run(self, func: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    async def run(self, func: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``func(*args, **kwargs)`` in a worker process and return its result.
 
         Raises what the call raised (with the remote traceback as ``__cause__``),
@@ -621,7 +621,6 @@ class ProcessPool:
         self._idle, self._busy, self._waiters = [], set(), deque()
         self._slots = 0
         self._lock = threading.Lock()
-        self._pid = os.getpid()
         self._ctx = multiprocessing.get_context(_usable(self.start_method))
 
 
@@ -817,7 +816,7 @@ def _register_exit_hooks() -> None:
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-async def to_process(func: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+async def to_process(func: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
     """Run ``func(*args, **kwargs)`` in a worker process of the default pool.
 
     For CPU-bound work: the loop and its other tasks keep running. Functions and
