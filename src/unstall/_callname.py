@@ -55,20 +55,26 @@ def callee_path(code: types.CodeType, lasti: int) -> tuple[str, ...] | None:
 
 
 def _with_target(text: str) -> tuple[str, ...] | None:
-    """``("lock", "__enter__")`` for ``with lock:`` (the span covers the whole statement)."""
+    """``("lock", "__enter__")`` for ``with lock:``.
+
+    The instruction's span is the whole statement on 3.11-3.12, the context expression on
+    3.13.
+    """
     head = text.strip().splitlines()[0] if text.strip() else ""
     try:
-        tree = ast.parse(head + "\n    pass")
+        if head.startswith("with "):
+            stmt = ast.parse(head + "\n    pass").body[0]
+            if not isinstance(stmt, ast.With) or not stmt.items:
+                return None
+            expr = stmt.items[0].context_expr
+        else:
+            expr = ast.parse(head, mode="eval").body
     except SyntaxError:
         return None
-    stmt = tree.body[0] if tree.body else None
-    if not isinstance(stmt, ast.With) or not stmt.items:
-        return None
-    expr = stmt.items[0].context_expr
-    path = _dotted(expr.func if isinstance(expr, ast.Call) else expr)
-    if path is None:
-        return None
-    return path if isinstance(expr, ast.Call) else (*path, "__enter__")
+    if isinstance(expr, ast.Call):
+        return _dotted(expr.func)
+    path = _dotted(expr)
+    return None if path is None else (*path, "__enter__")
 
 
 def callee_from_line(line: str) -> str | None:
