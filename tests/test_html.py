@@ -89,7 +89,7 @@ def test_culprit_table_groups_with_counts_totals_and_fix_hints() -> None:
     assert "6.90 s" in text
     assert "5.50 s" in text
     assert "hang" in text
-    assert "unstall.to_thread(_thread.lock.acquire" in text
+    assert "unstall.to_thread(refresh_cache" in text
     assert "with self._lock:" in text
 
 

@@ -81,3 +81,14 @@ def test_bad_report_files_raise_report_error(tmp_path: Path, content: str, messa
 def test_missing_report_file(tmp_path: Path) -> None:
     with pytest.raises(ReportError, match="cannot read"):
         Report.read(tmp_path / "absent.json")
+
+
+def test_fix_hint_names_the_sync_function_the_task_calls() -> None:
+    stall = _stall(7, 1.0)
+    assert "to_thread(slow_function, ...)" in stall.fix_hint
+    # blocking directly inside the coroutine: offload the innermost call instead
+    assert "to_thread(time.sleep, ...)" in stall.with_updates(coro="slow_function").fix_hint
+    assert (
+        "to_thread(time.sleep, ...)"
+        in stall.with_updates(culprit=Frame("/app/main.py", 3, "<module>")).fix_hint
+    )

@@ -26,7 +26,7 @@ from unstall._metrics import enable_metrics
 from unstall._offload import offload
 from unstall._process_pool import ProcessPool, WorkerDiedError, to_process
 from unstall._stall import Frame, LoopInfo, Report, ReportError, Stall
-from unstall._strict import BlockingCallError, strict
+from unstall._strict import BlockingCallError, BlockingCallWarning, strict
 from unstall._thread_pool import ThreadPool, cancelled, to_thread
 from unstall._watcher import Watcher, watch
 
@@ -34,6 +34,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BlockingCallError",
+    "BlockingCallWarning",
     "Frame",
     "Limiter",
     "LoopInfo",

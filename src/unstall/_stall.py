@@ -140,11 +140,25 @@ class Stall:
 
     @property
     def fix_hint(self) -> str:
-        """One line telling how to move this work off the loop."""
-        what = self.call or (self.culprit.function if self.culprit else "the call")
+        """One line telling how to move this work off the loop.
+
+        CPU work goes to a process, waiting to a thread. When the culprit is a plain
+        function the task calls (not the coroutine itself), offloading that whole
+        function is the better advice than offloading the innermost call inside it.
+        """
+        what = self._offload_candidate()
         if self.kind == "cpu":
-            return f"CPU work: run it in a process with `await unstall.to_process(...)` ({what})"
+            return f"CPU work: run it in a process with `await unstall.to_process({what}, ...)`"
         return f"blocking wait: run it in a thread with `await unstall.to_thread({what}, ...)`"
+
+    def _offload_candidate(self) -> str:
+        culprit = self.culprit
+        if culprit is None:
+            return self.call or "the_call"
+        coro_name = (self.coro or "").rsplit(".", 1)[-1]
+        if culprit.function.startswith("<") or culprit.function == coro_name:
+            return self.call or culprit.function
+        return culprit.function
 
     def to_dict(self) -> dict[str, Any]:
         return {
