@@ -21,6 +21,7 @@ import unstall
 from fixtures import blocking
 from fixtures.blocking import line_of
 from unstall import Stall, Watcher
+from unstall._probe import describe_loop
 
 THRESHOLD = 0.1
 
@@ -454,7 +455,8 @@ def test_explicit_loop_watched_before_it_runs() -> None:
         loop.close()
     stall = only(watcher)
     assert abs(stall.duration_s - truth) <= 0.1 * truth
-    assert stall.loop == f"{type(loop).__name__}@{id(loop):#x}"
+    assert stall.loop == describe_loop(loop)
+    assert stall.loop.startswith(f"{type(loop).__name__}@{id(loop):#x}")
 
 
 def test_watchers_with_different_thresholds_each_get_theirs() -> None:

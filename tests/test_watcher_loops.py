@@ -23,6 +23,7 @@ import unstall
 from fixtures import blocking
 from fixtures.blocking import line_of
 from unstall import Stall, Watcher
+from unstall._probe import describe_loop
 
 THRESHOLD = 0.1
 SRC = str(Path(unstall.__file__).resolve().parent.parent)
@@ -268,7 +269,7 @@ def test_a_stopped_loop_is_not_kept_alive_but_stays_in_the_report() -> None:
         loop = asyncio.new_event_loop()
         loop.run_until_complete(asyncio.sleep(0.06))
         loop.close()
-        loop_id = f"{type(loop).__name__}@{id(loop):#x}"
+        loop_id = describe_loop(loop)
         ref = weakref.ref(loop)
         del loop
         deadline = time.monotonic() + 10

@@ -43,8 +43,9 @@ _WAIT_PREFIXES = (
     "input",
     "concurrent.futures.",
 )
-# A computing thread on a busy machine may get a fraction of a core; a waiting one ~0.
-_CPU_RATIO = 0.2
+# The loop thread's busy time (on a CPU or runnable) over the stall's wall time: a waiting
+# thread stays near 0, a computing one near 1 (less when other threads hold the GIL).
+_CPU_RATIO = 0.3
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,11 +17,13 @@ import asyncio
 import contextlib
 import threading
 import time
+import weakref
 from collections import deque
 from typing import Any
 
 from unstall import _events
 from unstall._stall import LoopInfo
+from unstall._threadclock import ThreadClock
 
 __all__ = ["LoopProbe", "describe_loop"]
 
@@ -31,9 +33,27 @@ _LAG_MAX_POINTS = 20_000
 _EXACT_BEAT_S = 0.05
 
 
+_names: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, str] = weakref.WeakKeyDictionary()
+_taken: dict[str, int] = {}
+_names_lock = threading.Lock()
+
+
 def describe_loop(loop: asyncio.AbstractEventLoop) -> str:
-    """A short, stable description of a loop: its class and id."""
-    return f"{type(loop).__name__}@{id(loop):#x}"
+    """A short name for a loop, its class and id, unique in the process.
+
+    A later loop at the address of a collected one gets ``#2``, ``#3``...: one report never
+    mixes two loops up.
+    """
+    with _names_lock:
+        try:
+            name = _names.get(loop)
+        except TypeError:  # not weak-referenceable
+            return f"{type(loop).__name__}@{id(loop):#x}"
+        if name is None:
+            base = f"{type(loop).__name__}@{id(loop):#x}"
+            count = _taken[base] = _taken.get(base, 0) + 1
+            name = _names[loop] = base if count == 1 else f"{base}#{count}"
+        return name
 
 
 class LoopProbe:
@@ -55,11 +75,7 @@ class LoopProbe:
         self.finished: deque[tuple[float, float, float]] = deque()
         """``(key, start, end)`` of iterations at least ``threshold`` long, for the watchdog."""
         self.lag: list[tuple[float, float]] = []
-        self.cpu_clock: int | None = None
-        try:
-            self.cpu_clock = time.pthread_getcpuclockid(self.thread_id)
-        except (AttributeError, OSError):
-            self.cpu_clock = None
+        self.clock = ThreadClock()
         self._selector: Any = getattr(loop, "_selector", None)
         self.exact = self._selector is not None and hasattr(self._selector, "select")
         self.interval = _EXACT_BEAT_S if self.exact else self.beat_interval(threshold)

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import time
 import types
 from dataclasses import dataclass
 
 from unstall._callname import call_at
 from unstall._culprit import callback_start, culprit_index
 from unstall._stall import Frame
+from unstall._threadclock import ThreadClock
 
 __all__ = ["Sample", "capture", "frame_record"]
 
@@ -41,6 +41,7 @@ class Sample:
     coro: str | None = None
     callback: str | None = None
     cpu: float | None = None
+    """The thread's busy seconds (:class:`ThreadClock`) at ``t``."""
     method: str = "sampler"
     truncated: bool = False
     """The stack lost its outer frames (faulthandler keeps the innermost 100)."""
@@ -58,7 +59,7 @@ def frame_record(code: types.CodeType, line: int) -> Frame:
 
 
 def capture(
-    thread_id: int, loop: asyncio.AbstractEventLoop, cpu_clock: int | None, now: float
+    thread_id: int, loop: asyncio.AbstractEventLoop, clock: ThreadClock, now: float
 ) -> Sample | None:
     """Sample the stack of thread ``thread_id``; ``None`` if the thread is gone."""
     top = sys._current_frames().get(thread_id)
@@ -84,11 +85,7 @@ def capture(
     except Exception:  # naming the call is best effort: never break sampling
         sample.call = None
     _describe_running(sample, loop, chain, start)
-    if cpu_clock is not None:
-        try:
-            sample.cpu = time.clock_gettime(cpu_clock)
-        except OSError:
-            sample.cpu = None
+    sample.cpu = clock.read()
     return sample
 
 

@@ -263,7 +263,7 @@ class Monitor:
         # samples grow with the log of its duration; weighting by time keeps them fair.
         last = track.samples[-1].t if track.samples else None
         if last is None or now - last >= (now - start) / 200:
-            taken = capture(probe.thread_id, probe.loop, probe.cpu_clock, now)
+            taken = capture(probe.thread_id, probe.loop, probe.clock, now)
             again = probe.busy(_monotonic())
             if taken is not None and again is not None and again[0] == it_key:
                 track.samples.append(taken)
