@@ -280,3 +280,48 @@ def test_a_stopped_loop_is_not_kept_alive_but_stays_in_the_report() -> None:
     finally:
         watcher.stop()
     assert loop_id in [info.id for info in watcher.report().loops]
+
+
+@pytest.mark.parametrize("factory", [asyncio.new_event_loop, uvloop.new_event_loop])
+def test_a_hang_is_reported_while_it_lasts(
+    factory: Callable[[], asyncio.AbstractEventLoop],
+) -> None:
+    release = threading.Event()
+    hangs: list[Stall] = []
+    seen_twice = threading.Event()
+
+    def on_hang(stall: Stall) -> None:
+        hangs.append(stall)
+        if len(hangs) >= 2:
+            seen_twice.set()
+
+    async def stuck() -> None:
+        await asyncio.sleep(0.05)
+        release.wait()  # blocks the loop until the test lets go
+
+    def thread_main() -> None:
+        loop = factory()
+        try:
+            loop.run_until_complete(stuck())
+        finally:
+            loop.close()
+
+    watcher = unstall.watch(threshold=THRESHOLD, on_hang=on_hang, log=False)
+    thread = threading.Thread(target=thread_main, name="hung")
+    thread.start()
+    try:
+        # Reported while still stuck: the loop never gets back to the watcher meanwhile.
+        assert seen_twice.wait(15), hangs
+        assert thread.is_alive()
+    finally:
+        release.set()
+        thread.join()
+        watcher.stop()
+    mine = [h for h in hangs if h.thread == "hung"]
+    assert all(h.ongoing for h in mine)
+    assert all(h.culprit is not None and h.culprit.function == "stuck" for h in mine)
+    assert all(h.call == "threading.Event.wait" for h in mine)
+    assert mine[-1].duration_s > mine[0].duration_s
+    (final,) = [s for s in watcher.stalls if s.thread == "hung"]
+    assert not final.ongoing
+    assert final.duration_s >= mine[-1].duration_s
