@@ -496,3 +496,30 @@ def test_stop_from_inside_on_stall_is_fine() -> None:
     watcher = asyncio.run(main())
     assert not watcher.running
     assert len(watcher.stalls) == 1
+
+
+def test_lag_and_stalls_reach_the_events_feed() -> None:
+    from unstall import _events
+
+    lags: list[tuple[str, str, float]] = []
+    stalls: list[Stall] = []
+
+    class Listener:
+        def on_lag(self, loop_id: str, thread: str, lag_s: float) -> None:
+            lags.append((loop_id, thread, lag_s))
+
+        def on_stall(self, stall: Stall) -> None:
+            stalls.append(stall)
+
+    listener = Listener()
+    _events.subscribe(listener)
+    try:
+        watcher, _truth = run_watched(blocked(blocking.sleep_block, 0.3))
+    finally:
+        _events.unsubscribe(listener)
+    stall = only(watcher)
+    assert stalls == [stall]
+    mine = [(thread, lag) for loop_id, thread, lag in lags if loop_id == stall.loop]
+    assert mine
+    assert {thread for thread, _ in mine} == {stall.thread}
+    assert max(lag for _, lag in mine) >= 0.2  # the beat that came after the stall was late
