@@ -141,7 +141,7 @@ class _Worker:
         self.reader_loop: asyncio.AbstractEventLoop | None = None
         self.running = ""
         self.served = 0
-        self.stopping = False
+        self.stopping = ""  # "shutdown" or "exit" once the pool stops it
         self.poller = select.poll()
         self.poller.register(self.fd, select.POLLIN)
 
@@ -319,7 +319,7 @@ class ProcessPool:
         if wait:
             _join(procs)
 
-    def _stop_all(self) -> list[Any]:
+    def _stop_all(self, why: str = "shutdown") -> list[Any]:
         with self._lock:
             self._closed = True
             idle, self._idle = self._idle, []
@@ -332,7 +332,7 @@ class ProcessPool:
                 os.write(worker.fd, wire.HEADER.pack(0))
             worker.close()
         for worker in busy:
-            worker.stopping = True
+            worker.stopping = why
             worker.kill()
         return [w.proc for w in idle + busy]
 
@@ -529,6 +529,9 @@ class ProcessPool:
         except asyncio.CancelledError:
             await self._cancelled(worker, fut, cancel)
             raise
+        if reply is None and worker.stopping == "exit":
+            self._forget(worker)
+            raise asyncio.CancelledError(f"{name} was stopped at interpreter exit")
         if reply is None:
             raise await self._died(worker, name)
         return reply
@@ -785,9 +788,14 @@ def default_process_pool() -> ProcessPool:
 
 
 def _shutdown_all() -> None:
+    # At exit, calls still running are cancelled rather than failed: their tasks may never
+    # be awaited again (a loop in a daemon thread), and a failed one would print "Task
+    # exception was never retrieved" while the program exits.
+    procs = []
     for pool in list(_pools):
         with contextlib.suppress(Exception):
-            pool.shutdown(wait=True)
+            procs += pool._stop_all(why="exit")
+    _join(procs)
     _reap_all(1.0)
 
 
