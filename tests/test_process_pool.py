@@ -450,6 +450,8 @@ def test_bad_arguments() -> None:
         ProcessPool("2")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="unknown start_method 'bogus'"):
         ProcessPool(start_method="bogus")
+    with pytest.raises(TypeError, match="name must be a str"):
+        ProcessPool(1, name=3)  # type: ignore[arg-type]
 
 
 def test_clean_exit_leaves_no_processes_and_no_warnings(tmp_path: Path) -> None:

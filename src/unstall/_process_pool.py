@@ -224,7 +224,7 @@ class ProcessPool:
 
     Raises:
         ValueError: ``max_workers`` below 1, or an unknown ``start_method``.
-        TypeError: ``max_workers`` not an int.
+        TypeError: ``max_workers`` not an int, ``name`` not a str.
         NotImplementedError: on Windows (the pool relies on POSIX process groups and on
             the loop watching pipes).
     """
@@ -247,6 +247,8 @@ class ProcessPool:
             raise TypeError(f"max_workers must be an int, not {type(max_workers).__name__}")
         if max_workers < 1:
             raise ValueError(f"max_workers must be at least 1, got {max_workers}")
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str, not {type(name).__name__}")
         method = start_method or _default_start_method()
         if method not in multiprocessing.get_all_start_methods():
             choices = ", ".join(multiprocessing.get_all_start_methods())
