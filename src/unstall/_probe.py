@@ -175,6 +175,9 @@ class LoopProbe:
         self.running = False
 
     def _beat(self) -> None:
+        if not self.running:  # stopped or forgotten meanwhile: let the heartbeat die
+            self._handle = None
+            return
         now = _monotonic()
         lag = now - self.due
         if lag < 0:

@@ -225,7 +225,12 @@ class Monitor:
             now = _monotonic()
             me = threading.get_ident()
             for key, probe in list(self._probes.items()):
-                if final_for is not None and probe.thread_id == me and probe.running:
+                if (
+                    final_for is not None
+                    and probe.thread_id == me
+                    and probe.running
+                    and final_for.wants(probe.loop)
+                ):
                     probe.cut(now)
                 self._poll_probe(key, probe, now, deliveries, sample=False)
                 if probe.retiring and not probe.running and not probe.finished:
@@ -253,6 +258,12 @@ class Monitor:
             self._tracks.pop(key, None)  # that iteration ended below the threshold
             track = None
         if busy is None or not sample:
+            return False
+        if not probe.loop.is_running():
+            # It stopped without telling us (a uvloop loop started before the hook was
+            # installed): no heartbeat will come, which is not a hang.
+            probe.running, probe.retiring = False, True
+            self._tracks.pop(key, None)
             return False
         it_key, start = busy
         if now - start < self.threshold / 2:
