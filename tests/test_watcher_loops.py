@@ -198,17 +198,24 @@ def test_a_loop_already_running_in_another_thread_is_found() -> None:
 
 
 def test_stopped_watcher_leaves_loops_alone() -> None:
-    watcher = unstall.watch(threshold=THRESHOLD, log=False)
-    watcher.stop()
-    truths: list[float] = []
-    asyncio.run(block_once(0.2, truths))
-    assert watcher.stalls == []
     loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="long-lived")
+    thread.start()
     try:
-        # The selector is the loop's own again, not a wrapper.
-        assert "select" not in vars(loop._selector)  # type: ignore[attr-defined]
+        watcher = unstall.watch(loop, threshold=THRESHOLD, log=False)
+        asyncio.run_coroutine_threadsafe(asyncio.sleep(0.05), loop).result()
+        selector = loop._selector  # type: ignore[attr-defined]
+        assert "select" in vars(selector)  # the probe
+        watcher.stop()
+        asyncio.run_coroutine_threadsafe(asyncio.sleep(0.05), loop).result()
+        assert "select" not in vars(selector)  # the loop's own again
+        truths: list[float] = []
+        asyncio.run_coroutine_threadsafe(block_once(0.2, truths), loop).result()
     finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
         loop.close()
+    assert watcher.stalls == []
 
 
 SCRIPT = """
