@@ -289,7 +289,9 @@ def test_a_stopped_loop_is_not_kept_alive_but_stays_in_the_report() -> None:
     assert loop_id in [info.id for info in watcher.report().loops]
 
 
-@pytest.mark.parametrize("factory", [asyncio.new_event_loop, uvloop.new_event_loop])
+@pytest.mark.parametrize(
+    "factory", [asyncio.new_event_loop, uvloop.new_event_loop], ids=["asyncio", "uvloop"]
+)
 def test_a_hang_is_reported_while_it_lasts(
     factory: Callable[[], asyncio.AbstractEventLoop],
 ) -> None:
