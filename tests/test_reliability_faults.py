@@ -455,19 +455,7 @@ def run_in_flight(tmp_path: Path, how: str, interrupt: bool = False) -> tuple[in
         ("exit", 4, None),
         ("return", 0, None),
         ("raise", 1, None),
-        pytest.param(
-            "thread-loop",
-            0,
-            "main returns while another thread's loop waits on calls",
-            marks=pytest.mark.xfail(
-                reason="finding 2 (notes/findings-issue8.md): at interpreter exit the "
-                "ProcessPool atexit hook kills busy workers and fails their calls with "
-                "WorkerDiedError into a loop still running in a daemon thread; the program's "
-                "never-awaited tasks then print 'Task exception was never retrieved' with "
-                "unstall's traceback",
-                strict=True,
-            ),
-        ),
+        ("thread-loop", 0, "main returns while another thread's loop waits on calls"),
         ("sigint", -signal.SIGINT, None),
     ],
 )
