@@ -46,6 +46,8 @@ _WAIT_PREFIXES = (
 # The loop thread's busy time (on a CPU or runnable) over the stall's wall time: a waiting
 # thread stays near 0, a computing one near 1 (less when other threads hold the GIL).
 _CPU_RATIO = 0.3
+# The call named is the one the culprit line was in for most of its time.
+_CALL_SHARE = 0.8
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +162,8 @@ def build_stall(
     for s, w in chosen:
         calls[s.call] += w
     call = max(calls, key=lambda k: calls[k])
+    if calls[call] < _CALL_SHARE * sum(calls.values()):
+        call = None  # Python code computing, calling this and that along the way
     methods: dict[str, float] = defaultdict(float)
     for s, w in chosen:
         methods[s.method] += w
