@@ -334,3 +334,48 @@ def test_a_hang_is_reported_while_it_lasts(
     (final,) = [s for s in watcher.stalls if s.thread == "hung"]
     assert not final.ongoing
     assert final.duration_s >= mine[-1].duration_s
+
+
+LATE_UVLOOP = """
+import asyncio, json, threading, time
+import uvloop
+
+loop = uvloop.new_event_loop()
+thread = threading.Thread(target=loop.run_forever)
+thread.start()
+time.sleep(0.1)
+
+import unstall  # the hook comes after this loop started: its stop is not announced
+
+hangs = []
+watcher = unstall.watch(loop, threshold=0.1, on_hang=hangs.append, log=False)
+
+async def block():
+    time.sleep(0.3)
+
+asyncio.run_coroutine_threadsafe(block(), loop).result()
+time.sleep(0.1)
+loop.call_soon_threadsafe(loop.stop)
+thread.join()
+stopped_at = len(hangs)
+time.sleep(0.6)  # a stopped loop's missing heartbeat is not a hang
+watcher.stop()
+loop.close()
+print(json.dumps({"stalls": len(watcher.stalls), "hangs_after_stop": len(hangs) - stopped_at}))
+"""
+
+
+def test_a_uvloop_loop_started_before_the_hook_is_watched_and_its_stop_is_no_hang(
+    tmp_path: Path,
+) -> None:
+    script = tmp_path / "late.py"
+    script.write_text(LATE_UVLOOP)
+    proc = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PYTHONPATH": SRC, "PATH": "/usr/bin:/bin"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"stalls": 1, "hangs_after_stop": 0}
