@@ -523,3 +523,23 @@ def test_lag_and_stalls_reach_the_events_feed() -> None:
     assert mine
     assert {thread for thread, _ in mine} == {stall.thread}
     assert max(lag for _, lag in mine) >= 0.2  # the beat that came after the stall was late
+
+
+def test_suppressed_lines_are_counted_on_the_next_one(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from unstall import _stall_log
+
+    monkeypatch.setattr(_stall_log, "_window_start", time.monotonic())
+    monkeypatch.setattr(_stall_log, "_count", 0)
+    monkeypatch.setattr(_stall_log, "_suppressed", 0)
+    stall = Stall(start_s=1.0, duration_s=0.5, thread="MainThread", thread_id=1, loop="L@1")
+    with caplog.at_level(logging.WARNING, logger="unstall"):
+        for _ in range(_stall_log.LIMIT + 5):
+            _stall_log.log_stall(stall)
+        assert len(caplog.records) == _stall_log.LIMIT
+        monkeypatch.setattr(_stall_log, "_window_start", time.monotonic() - _stall_log.WINDOW_S)
+        _stall_log.log_stall(stall)
+    assert len(caplog.records) == _stall_log.LIMIT + 1
+    assert "5 more stall lines suppressed" in caplog.records[-1].getMessage()
+    assert "blocked for 0.500s at unknown code" in caplog.records[-1].getMessage()
