@@ -271,3 +271,75 @@ def test_no_worker_process_outlives_its_pool(
     while not all(reaped(p) for p in every_worker_pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert [p for p in every_worker_pid if not reaped(p)] == []
+
+
+# ---------------------------------------------------------------- one limiter, several loops
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    loops=st.integers(min_value=2, max_value=4),
+    tokens=st.integers(min_value=1, max_value=4),
+    plans=st.lists(
+        st.lists(st.tuples(st.floats(0, 0.005), st.booleans(), st.floats(0, 0.005)), max_size=40),
+        min_size=4,
+        max_size=4,
+    ),
+)
+def test_a_limiter_shared_by_loops_in_threads_holds_and_returns_every_token(
+    loops: int, tokens: int, plans: list[list[tuple[float, bool, float]]]
+) -> None:
+    """Calls with ``cancel="wait"`` (a cancelled running call keeps its token until it
+    ends) from several loops in several threads, some cancelled: the limit holds across
+    loops, nothing runs twice, and every token comes back."""
+    limiter = Limiter(tokens)
+    lock = threading.Lock()
+    state = {"now": 0, "peak": 0}
+    runs: Counter[tuple[int, int]] = Counter()
+
+    def work(key: tuple[int, int], duration: float) -> None:
+        with lock:
+            runs[key] += 1
+            state["now"] += 1
+            state["peak"] = max(state["peak"], state["now"])
+        time.sleep(duration)
+        with lock:
+            state["now"] -= 1
+
+    limited = unstall.offload(limit=limiter, cancel="wait")(work)
+
+    async def one(key: tuple[int, int], duration: float, cancel: bool, when: float) -> str:
+        task = asyncio.ensure_future(limited(key, duration))
+        if cancel:
+            await asyncio.sleep(when)
+            task.cancel()
+        try:
+            await task
+            return "ok"
+        except asyncio.CancelledError:
+            return "cancelled"
+
+    outcomes: dict[int, list[str]] = {}
+
+    def serve(n: int) -> None:
+        async def main() -> list[str]:
+            return await asyncio.gather(*(one((n, i), *step) for i, step in enumerate(plans[n])))
+
+        outcomes[n] = asyncio.run(main())
+
+    threads = [threading.Thread(target=serve, args=(n,)) for n in range(loops)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(SLACK_S * 6)
+    assert sorted(outcomes) == list(range(loops))  # every loop finished
+    assert state["peak"] <= tokens
+    assert all(count == 1 for count in runs.values())
+    for n in range(loops):
+        for i, (outcome, step) in enumerate(zip(outcomes[n], plans[n], strict=True)):
+            if not step[1]:
+                assert outcome == "ok"
+            if outcome == "ok":
+                assert runs[(n, i)] == 1
+    stats = limiter.statistics()
+    assert (stats.borrowed_tokens, stats.tasks_waiting) == (0, 0)
