@@ -559,3 +559,17 @@ def test_script_without_main_guard_gets_a_hint(tmp_path: Path) -> None:
     )
     assert "died with exit code 1 (before serving any call" in proc.stdout
     assert "if __name__ == '__main__':" in proc.stdout
+
+
+@pytest.mark.asyncio
+async def test_without_cloudpickle_a_lambda_error_says_how_to_fix_it(
+    pool: ProcessPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import unstall._process_pool as pp
+
+    monkeypatch.setattr(pp, "_cloudpickle", None)  # as if the [process] extra were missing
+    with pytest.raises(
+        TypeError, match=r"lambdas and closures need cloudpickle.*unstall\[process\]"
+    ):
+        await pool.submit(lambda: 1, (), {})
+    assert await pool.submit(add, (1, 2), {}) == 3  # module-level functions still go by pickle
