@@ -89,7 +89,7 @@ async def test_running_call_abandoned_and_its_late_error_logged(
     gate = threading.Event()
 
     def wait_then_fail() -> None:
-        gate.wait(5)
+        gate.wait(30)
         raise ValueError("late failure")
 
     call = asyncio.create_task(target.submit(wait_then_fail, (), {}))
@@ -98,7 +98,7 @@ async def test_running_call_abandoned_and_its_late_error_logged(
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
         await call
-    assert time.monotonic() - started < 1.0  # returned without waiting for the call
+    assert time.monotonic() - started < 5.0  # returned without waiting for the call
     with caplog.at_level(logging.WARNING, logger="unstall"):
         gate.set()
         await target.submit(time.sleep, (0,), {})  # the executor has 1 thread: it finished
