@@ -102,8 +102,9 @@ def test_c_call_holding_the_gil_is_blamed_on_its_line(sum_n: int) -> None:
     assert abs(stall.duration_s - total) <= 0.1 * total, (stall.duration_s, total)
     assert stall.culprit is not None
     # Not the Python loop that ran after it, where most samples landed.
+    # Not the Python loop that ran after it, where most samples usually land (how many
+    # do depends on the machine's load, so that is not asserted).
     assert (stall.culprit.file, stall.culprit.line) == (blocking.HERE, line_of("gil"))
-    assert stall.samples[0].frame.line != line_of("gil")  # most samples: the loop after
     assert stall.method == "sampler"
     assert stall.kind == "cpu"
     assert stall.call == "sum"
