@@ -25,6 +25,8 @@ SLACK_S = 10.0
 
 
 def live_jobs() -> int:
+    """Job objects alive now (other tests' abandoned calls may still hold a few)."""
+    gc.collect()
     return sum(1 for o in gc.get_objects() if type(o) is _Job)
 
 
@@ -85,6 +87,7 @@ def test_200_000_calls_in_a_row_keep_memory_flat() -> None:
     """200,000 calls (waves of 100 in flight, one wave after the other): RSS stays flat,
     no job object survives, every call answered."""
     proc = psutil.Process()
+    jobs_before = live_jobs()
 
     async def waves(n: int) -> int:
         answered = 0
@@ -103,13 +106,14 @@ def test_200_000_calls_in_a_row_keep_memory_flat() -> None:
 
     answered, before, after = asyncio.run(main())
     assert answered == 200_000
-    assert live_jobs() == 0
+    assert live_jobs() <= jobs_before
     # A leak of 100 bytes per call would be 20 MB; allocator noise is far below that.
     assert after - before < 16 * 2**20, f"RSS grew by {(after - before) / 2**20:.1f} MiB"
 
 
 def test_5000_concurrent_sleeping_calls_never_exceed_the_thread_cap() -> None:
     pool = ThreadPool(name="load-cap")  # the default cap, as the default pool has
+    jobs_before = live_jobs()
     assert pool.max_workers == DEFAULT_MAX_WORKERS == 40
 
     def nap(i: int) -> int:
@@ -131,7 +135,7 @@ def test_5000_concurrent_sleeping_calls_never_exceed_the_thread_cap() -> None:
     finally:
         pool.shutdown(wait=True)
     assert threads_named("load-cap") == []
-    assert live_jobs() == 0
+    assert live_jobs() <= jobs_before
 
 
 class Payload:
@@ -145,6 +149,7 @@ class Payload:
 
 def test_20_000_queued_calls_cancelled_at_once_never_run_and_free_their_arguments() -> None:
     pool = ThreadPool(max_workers=2, name="load-cancel")
+    jobs_before = live_jobs()
     gate = threading.Event()
     ran: list[int] = []
 
@@ -186,4 +191,4 @@ def test_20_000_queued_calls_cancelled_at_once_never_run_and_free_their_argument
         pool.shutdown(wait=True)  # the freed threads go through the queue, then exit
     assert ran == []  # none of the cancelled calls ran
     assert len(pool._jobs) == 0
-    assert live_jobs() == 0
+    assert live_jobs() <= jobs_before
