@@ -74,12 +74,26 @@ def _interval(total_s: float) -> float:
     return min(5.0, max(0.5, total_s / 10))
 
 
+_HELPERS = ("multiprocessing.forkserver", "multiprocessing.resource_tracker")
+
+
+def _is_helper(child: Any, me: int) -> bool:
+    """multiprocessing's own forkserver and resource tracker: they live until exit."""
+    try:
+        return child.ppid() == me and any(h in " ".join(child.cmdline()) for h in _HELPERS)
+    except Exception:  # it exited meanwhile
+        return False
+
+
 def _measure(proc: Any, t: float, counts: Counts) -> Sample:
+    children = proc.children(recursive=True)
+    # Every worker process seen (also those killed between two calls) must be gone at the end.
+    counts.worker_pids.update(c.pid for c in children if not _is_helper(c, proc.pid))
     return Sample(
         t=t,
         rss_mib=proc.memory_info().rss / 2**20,
         threads=threading.active_count(),
-        children=len(proc.children(recursive=True)),
+        children=len(children),
         calls=counts.calls,
         stalls=counts.stalls,
     )
