@@ -80,17 +80,7 @@ CLI_CASES = [
     (["report", "bad.json"], "not valid JSON"),
     (["report", "list.json"], "not an unstall report"),
     (["report", "binary.json"], "'binary.json' is not a text file"),
-    pytest.param(
-        ["report", "odd.json"],
-        "malformed unstall report",
-        marks=pytest.mark.xfail(
-            reason="finding 9 (notes/findings-issue8.md): Report.from_dict catches KeyError, "
-            "TypeError, ValueError but not AttributeError: stalls that are not objects "
-            "give a traceback and exit 1",
-            strict=True,
-        ),
-        id="report odd.json",
-    ),
+    (["report", "odd.json"], "malformed unstall report"),
     (["report", "good.json", "--html", "no/such/dir/t.html"], "no/such/dir/t.html"),
     (["report", "good.json", "--trace", "a_dir"], "a_dir"),
     (["bench", "nosuch"], "unknown section 'nosuch'"),
@@ -98,6 +88,7 @@ CLI_CASES = [
     (["bench", "--soak", "-1"], "--soak must be a positive number of seconds"),
     (["bench", "--soak", "soon"], "invalid float value: 'soon'"),
     (["bench", "--soak", "nan"], "--soak must be a positive number of seconds"),
+    (["bench", "--soak", "0"], "--soak must be a positive number of seconds"),
     (["bench", "--soak", "inf"], "--soak must be a positive number of seconds"),
     (["bench", "--frobnicate"], "unrecognized arguments: --frobnicate"),
     (["demo", "--frobnicate"], "unknown option '--frobnicate'"),

@@ -287,7 +287,7 @@ class Report:
                 duration_s=float(data.get("duration_s", 0.0)),
                 argv=[str(a) for a in data.get("argv", ())],
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise ReportError(f"malformed unstall report: {exc}") from None
 
     @classmethod

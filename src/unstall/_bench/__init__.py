@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import os
 import platform
 import sys
@@ -58,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
         "--soak",
         type=float,
         metavar="SECONDS",
-        default=0.0,
+        default=None,
         help="run the soak benchmark for SECONDS instead of the sections",
     )
     return p
@@ -74,11 +75,11 @@ def main(argv: Sequence[str]) -> int:
         )
         return 2
     loops = ("asyncio", "uvloop") if args.loop == "both" else (args.loop,)
-    opts = BenchOptions(quick=args.quick, loops=loops, soak_s=args.soak)
-    if args.soak < 0:
+    if args.soak is not None and not 0 < args.soak < math.inf:
         print("unstall bench: --soak must be a positive number of seconds", file=sys.stderr)
         return 2
-    if args.soak:
+    opts = BenchOptions(quick=args.quick, loops=loops, soak_s=args.soak or 0.0)
+    if args.soak is not None:
         module = importlib.import_module("unstall._bench.soak")
         return int(module.run(opts))
     print(f"# unstall bench\n\nMachine: {machine_line()}\n", flush=True)
