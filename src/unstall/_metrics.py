@@ -236,6 +236,18 @@ class Metrics:
         self.disable()
 
 
+def _lag_buckets(bounds: Sequence[float]) -> list[float]:
+    try:
+        buckets = sorted(float(b) for b in bounds)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"lag_buckets must be positive bounds, in seconds, not {bounds!r}"
+        ) from None
+    if not buckets or buckets[0] <= 0:
+        raise ValueError("lag_buckets must be positive bounds, in seconds")
+    return buckets
+
+
 def enable_metrics(
     *,
     otel: bool = False,
@@ -279,9 +291,16 @@ def enable_metrics(
         raise ValueError(f"prefix must be letters, digits and '_', not {prefix!r}")
     if isinstance(max_culprits, bool) or not isinstance(max_culprits, int) or max_culprits < 1:
         raise ValueError(f"max_culprits must be a positive int, not {max_culprits!r}")
-    buckets = sorted(float(b) for b in lag_buckets)
-    if not buckets or buckets[0] <= 0:
-        raise ValueError("lag_buckets must be positive bounds, in seconds")
+    if registry is not None and not callable(getattr(registry, "register", None)):
+        raise TypeError(
+            f"registry must be a prometheus_client CollectorRegistry, not {type(registry).__name__}"
+        )
+    if meter_provider is not None and not callable(getattr(meter_provider, "get_meter", None)):
+        raise TypeError(
+            "meter_provider must be an OpenTelemetry MeterProvider, "
+            f"not {type(meter_provider).__name__}"
+        )
+    buckets = _lag_buckets(lag_buckets)
     sinks: list[_Sink] = []
     if otel:
         sinks.append(_OpenTelemetry(meter_provider, prefix, buckets))

@@ -107,6 +107,8 @@ def _check_action(action: str) -> str:
 def _compile_allow(allow: Iterable[str] | str) -> AllowList:
     if isinstance(allow, str):
         raise TypeError(f"strict: allow must be a list of strings, not the string {allow!r}")
+    if not isinstance(allow, Iterable):
+        raise TypeError(f"strict: allow must be a list of strings, not {type(allow).__name__}")
     from unstall._config import project_config
     from unstall._strict_allow import AllowList
 
