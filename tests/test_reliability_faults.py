@@ -299,13 +299,6 @@ print(json.dumps({
 """
 
 
-@pytest.mark.xfail(
-    reason="finding 1 (notes/findings-issue8.md): Watcher._take_stall/_take_hang catch "
-    "Exception only, so a listener raising SystemExit kills the watchdog thread (later "
-    "stalls get no samples, no culprit, no live hang); raised in stop(), it escapes "
-    "before the watcher is unregistered and no later watch() in the process samples",
-    strict=True,
-)
 @pytest.mark.parametrize("which", ["on_stall", "on_hang", "stop"])
 def test_a_listener_raising_system_exit_does_not_kill_the_watchdog(
     tmp_path: Path, which: str

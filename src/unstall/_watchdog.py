@@ -191,7 +191,7 @@ class Monitor:
         while not stop.is_set():
             try:
                 sampling = self.poll()
-            except Exception:
+            except BaseException:  # no bug may end the one watchdog of the process
                 _log.exception("unstall: watchdog error")
                 sampling = False
             pause = SAMPLE_EVERY_S if sampling else min(self.threshold / 4, 0.025)
@@ -341,7 +341,10 @@ class Monitor:
     @staticmethod
     def _deliver(deliveries: list[Delivery]) -> None:
         for fn, stall in deliveries:
-            fn(stall)
+            try:
+                fn(stall)
+            except BaseException:  # one failing delivery must not cost the others
+                _log.exception("unstall: delivering a stall failed")
 
 
 def _emit(stall: Stall) -> None:

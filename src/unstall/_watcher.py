@@ -69,7 +69,7 @@ class Watcher:
         if self._on_stall is not None:
             try:
                 self._on_stall(stall)
-            except Exception:
+            except BaseException:  # also SystemExit: a listener must not end the watchdog
                 _log.exception("unstall: on_stall callback %r failed", self._on_stall)
 
     def _take_hang(self, stall: Stall) -> None:
@@ -79,7 +79,7 @@ class Watcher:
         if self._on_hang is not None:
             try:
                 self._on_hang(stall)
-            except Exception:
+            except BaseException:  # also SystemExit: a listener must not end the watchdog
                 _log.exception("unstall: on_hang callback %r failed", self._on_hang)
 
     # -- public ---------------------------------------------------------------------------
@@ -94,10 +94,14 @@ class Watcher:
         with self._lock:
             if self._stopped_t is not None:
                 return
-        self._snapshot_loops()
-        monitor.remove(self)
-        with self._lock:
-            self._stopped_t = time.monotonic()
+        try:
+            self._snapshot_loops()
+        finally:
+            try:
+                monitor.remove(self)
+            finally:
+                with self._lock:
+                    self._stopped_t = time.monotonic()
 
     @property
     def running(self) -> bool:
