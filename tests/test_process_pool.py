@@ -576,7 +576,7 @@ async def test_without_cloudpickle_a_lambda_error_says_how_to_fix_it(
 ) -> None:
     import unstall._process_pool as pp
 
-    monkeypatch.setattr(pp, "_cloudpickle", None)  # as if the [process] extra were missing
+    monkeypatch.setattr(pp, "_cloudpickle", lambda: None)  # as if the [process] extra were missing
     with pytest.raises(
         TypeError, match=r"lambdas and closures need cloudpickle.*unstall\[process\]"
     ):

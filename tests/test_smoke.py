@@ -36,3 +36,27 @@ def test_unknown_command_is_one_clear_line() -> None:
 
 def test_to_thread_round_trip() -> None:
     assert asyncio.run(unstall.to_thread(sum, [1, 2, 3])) == 6
+
+
+def test_import_loads_no_optional_integration() -> None:
+    """The core stays light: extras are imported only when a feature needs them."""
+    optional = [
+        "cloudpickle",
+        "distributed",
+        "dask",
+        "uvloop",
+        "prometheus_client",
+        "opentelemetry",
+        "psutil",
+        "loky",
+        "pebble",
+        "anyio",
+        "httpx",
+        "requests",
+        "rich",
+    ]
+    code = f"import sys, unstall; print(sorted(set({optional!r}) & set(sys.modules)))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import functools
 import itertools
 import logging
 import multiprocessing
@@ -30,11 +31,6 @@ from typing import Any, Final, ParamSpec, TypeVar
 
 from unstall import _process_worker as wire
 from unstall._target import CancelMode
-
-try:
-    import cloudpickle as _cloudpickle
-except ImportError:  # pragma: no cover - the [process] extra is installed in the test env
-    _cloudpickle = None
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -87,9 +83,20 @@ def _name(func: object) -> str:
     return f"{module}.{qualname}" if module else str(qualname)
 
 
+@functools.cache
+def _cloudpickle() -> Any:
+    """cloudpickle if installed (the ``[process]`` extra), imported on the first call sent."""
+    try:
+        import cloudpickle
+    except ImportError:
+        return None
+    return cloudpickle
+
+
 def _dumps(obj: object) -> bytes:
-    if _cloudpickle is not None:
-        return bytes(_cloudpickle.dumps(obj, pickle.HIGHEST_PROTOCOL))
+    cloudpickle = _cloudpickle()
+    if cloudpickle is not None:
+        return bytes(cloudpickle.dumps(obj, pickle.HIGHEST_PROTOCOL))
     return pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
 
 
@@ -109,7 +116,7 @@ def _pickling_error(
             what, reason = f"{label} ({type(value).__qualname__})", part_exc
             break
     hint = ""
-    if _cloudpickle is None and ("<lambda>" in name or "<locals>" in name):
+    if _cloudpickle() is None and ("<lambda>" in name or "<locals>" in name):
         hint = "; lambdas and closures need cloudpickle: pip install 'unstall[process]'"
     return TypeError(f"cannot send {what} to a worker process: {reason}{hint}")
 
