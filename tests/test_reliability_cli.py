@@ -257,11 +257,6 @@ API_CASES = [
         lambda: unstall.watch(on_stall=async_fn),
         TypeError,
         "on_stall",
-        marks=xfail(
-            6,
-            "watch(on_stall=<async def>) is accepted: each stall creates a coroutine that is "
-            "never awaited (RuntimeWarning), the listener never runs",
-        ),
     ),
     # strict
     ("strict-action", lambda: unstall.strict(action="explode"), ValueError, "action must be"),

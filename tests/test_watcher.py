@@ -421,6 +421,10 @@ def test_on_hang_reports_a_stall_while_it_lasts() -> None:
     assert durations[-1] > 1.0
 
 
+async def _async_listener(stall: Stall) -> None:
+    """Never called: ``watch()`` refuses it."""
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "words"),
     [
@@ -431,6 +435,8 @@ def test_on_hang_reports_a_stall_while_it_lasts() -> None:
         ({"threshold": True}, TypeError, "threshold"),
         ({"on_stall": 3}, TypeError, "on_stall"),
         ({"on_hang": "x"}, TypeError, "on_hang"),
+        ({"on_stall": _async_listener}, TypeError, "on_stall must be a plain function"),
+        ({"on_hang": _async_listener}, TypeError, "on_hang must be a plain function"),
     ],
 )
 def test_bad_arguments_are_clear_errors(

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from types import TracebackType
 
+from unstall._checks import _is_async_callable
 from unstall._stall import LoopInfo, Report, Stall
 from unstall._stall_log import log_hang, log_stall
 from unstall._watchdog import monitor
@@ -185,7 +186,7 @@ def watch(
 
     Raises:
         TypeError: ``loop`` is not an event loop, ``threshold`` not a number, or a
-            callback not callable.
+            callback not callable or an ``async def`` (it would never be awaited).
         ValueError: ``threshold`` is not a positive finite number.
     """
     if loop is not None and not isinstance(loop, asyncio.AbstractEventLoop):
@@ -201,6 +202,11 @@ def watch(
     for name, fn in (("on_stall", on_stall), ("on_hang", on_hang)):
         if fn is not None and not callable(fn):
             raise TypeError(f"watch(): {name} must be callable, not {type(fn).__name__}")
+        if fn is not None and _is_async_callable(fn):
+            raise TypeError(
+                f"watch(): {name} must be a plain function, not an async one: it is called "
+                "from the watchdog thread, not awaited"
+            )
     if loop is None:
         try:
             loop = asyncio.get_running_loop()
