@@ -192,3 +192,33 @@ def test_20_000_queued_calls_cancelled_at_once_never_run_and_free_their_argument
     assert ran == []  # none of the cancelled calls ran
     assert len(pool._jobs) == 0
     assert live_jobs() <= jobs_before
+
+
+def test_a_result_arriving_as_its_loop_closes_does_not_keep_the_loop_alive() -> None:
+    """An abandoned call that finishes after its loop ran its last iteration but before
+    ``close()``: the wake-up it scheduled never runs. That result must not pin the closed
+    loop (and itself) in memory for good, as a run of many ``asyncio.run`` would pile up."""
+    gate = threading.Event()
+    finished = threading.Event()
+
+    def late() -> bytes:
+        gate.wait(SLACK_S)
+        finished.set()
+        return bytes(2**20)
+
+    def closed_loop_with_a_late_result() -> weakref.ref[asyncio.AbstractEventLoop]:
+        loop = asyncio.new_event_loop()
+        task = loop.create_task(unstall.to_thread(late))
+        loop.run_until_complete(asyncio.sleep(0.02))
+        task.cancel()  # abandoned: the call keeps running
+        loop.run_until_complete(asyncio.gather(task, return_exceptions=True))
+        gate.set()  # the result arrives while the loop is stopped, not yet closed
+        assert finished.wait(SLACK_S)
+        time.sleep(0.05)
+        loop.close()
+        return weakref.ref(loop)
+
+    ref = closed_loop_with_a_late_result()
+    asyncio.run(unstall.to_thread(nothing))  # life goes on with another loop
+    gc.collect()
+    assert ref() is None, "the closed loop is still alive"

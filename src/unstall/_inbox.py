@@ -57,6 +57,19 @@ class Inbox:
             with self._lock:
                 self._drop_pending()
 
+    def drop_if_closed(self) -> None:
+        """Drop the outcomes waiting for a loop that closed before draining them.
+
+        A worker can deliver after the loop's last iteration but before ``close()``: the
+        scheduled drain then never runs. Those outcomes hold their futures, the futures
+        hold the loop, and the registry holds this inbox, so the closed loop would never
+        be freed.
+        """
+        loop = self.loop_ref()
+        if loop is not None and loop.is_closed():
+            with self._lock:
+                self._drop_pending()
+
     def _drop_pending(self) -> None:
         items, self._pending = self._pending, []
         for job, ok, value in items:
@@ -84,6 +97,8 @@ def inbox_for(loop: asyncio.AbstractEventLoop) -> Inbox:
     with _registry_lock:
         inbox = _registry.get(loop)
         if inbox is None:
+            for other in list(_registry.values()):  # a new loop: a good time to sweep
+                other.drop_if_closed()
             inbox = _registry[loop] = Inbox(loop)
     _last = inbox
     return inbox
