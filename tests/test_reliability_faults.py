@@ -47,13 +47,14 @@ def watchdog_alive() -> bool:
 
 
 @pytest.mark.parametrize(
-    "exc",
-    [SystemExit(3), KeyboardInterrupt(), GeneratorExit(), CustomBase("custom")],
-    ids=lambda e: type(e).__name__,
+    "make",
+    [lambda: SystemExit(3), KeyboardInterrupt, GeneratorExit, lambda: CustomBase("custom")],
+    ids=["SystemExit", "KeyboardInterrupt", "GeneratorExit", "CustomBase"],
 )
 def test_base_exception_in_a_worker_reaches_the_caller_and_the_thread_lives_on(
-    exc: BaseException,
+    make: type[BaseException],
 ) -> None:
+    exc = make()  # a fresh one: its traceback must not outlive the test
     pool = ThreadPool(max_workers=1, name="faults-base")
 
     async def main() -> tuple[int, int, int]:
