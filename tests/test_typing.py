@@ -26,7 +26,7 @@ SNIPPET = textwrap.dedent(
 
     async def main() -> None:
         pending = parse(1, sep=";")
-        assert_type(pending, Coroutine[Any, Any, list[str]])
+        _ = assert_type(pending, Coroutine[Any, Any, list[str]])
         pending.close()
         assert_type(await parse(1), list[str])
         assert_type(await digest(b""), int)
