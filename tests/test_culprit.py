@@ -130,14 +130,20 @@ def _frame(line: int, file: str = USER, fn: str = "handler") -> Frame:
     return Frame(file, line, fn)
 
 
-def _sample(t: float, line: int, root: int | None = 1, method: str = "sampler") -> Sample:
+def _sample(
+    t: float,
+    line: int,
+    root: int | None = 1,
+    method: str = "sampler",
+    call: str | None = "time.sleep",
+) -> Sample:
     frames = (_frame(1, fn="<module>"), _frame(line))
-    return Sample(t, frames, 1, call="time.sleep", root=root, task="T", coro="c", method=method)
+    return Sample(t, frames, 1, call=call, root=root, task="T", coro="c", method=method)
 
 
 def test_the_culprit_line_with_the_most_time_wins() -> None:
     # A dump at 0.1 then samples at 0.9..1.0: the dump stands for 0.0-0.9 (the GIL held).
-    samples = [_sample(0.1, 10, method="faulthandler")] + [
+    samples = [_sample(0.1, 10, method="faulthandler", call="sum")] + [
         _sample(0.9 + i / 100, 20) for i in range(10)
     ]
     stall = build_stall(samples, 0.0, 1.0, META)
@@ -173,10 +179,30 @@ def test_kind_comes_from_the_threads_cpu_clock() -> None:
     for s in waiting:
         s.cpu = 1.0
     assert build_stall(waiting, 0.0, 0.5, META).kind == "wait"
-    computing = [_sample(t / 10, 10) for t in range(5)]
+    computing = [_sample(t / 10, 10, call=None) for t in range(5)]
     for s in computing:
         s.cpu = s.t * 0.9
     assert build_stall(computing, 0.0, 0.5, META).kind == "cpu"
+
+
+def test_a_known_waiting_call_is_a_wait_whatever_the_clocks_say() -> None:
+    # Busy clocks (runnable, waiting for the GIL) and a faulthandler dump first: still a
+    # lock wait, so the hint is a thread, not a process.
+    samples = [_sample(0.1, 10, method="faulthandler", call="lock.acquire")]
+    samples += [_sample(0.5 + t / 100, 10, call="_thread.lock.acquire") for t in range(10)]
+    for s in samples:
+        s.cpu = s.t * 0.9
+    stall = build_stall(samples, 0.0, 0.6, META)
+    assert stall.method == "faulthandler"
+    # The dump's name, read from the source line, is the sampler's resolved one.
+    assert stall.call == "_thread.lock.acquire"
+    assert stall.kind == "wait"
+    assert "to_thread" in stall.fix_hint
+    for call in ("time.sleep", "socket.socket.recv", "subprocess.Popen.wait", "os.read"):
+        waiting = [_sample(t / 10, 10, call=call) for t in range(5)]
+        for s in waiting:
+            s.cpu = s.t
+        assert build_stall(waiting, 0.0, 0.5, META).kind == "wait", call
 
 
 def test_code_is_read_for_the_culprit_and_stack() -> None:

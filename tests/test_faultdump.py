@@ -177,3 +177,37 @@ def test_someone_elses_timer_is_left_alone(
 def test_off_by_default() -> None:
     assert os.environ.get("UNSTALL_FAULTHANDLER") != "1"
     assert not _faultdump.available()
+
+
+@pytest.mark.usefixtures("faulthandler_on")
+def test_a_lock_wait_beside_c_code_holding_the_gil_is_a_wait(sum_n: int) -> None:
+    """A loop waiting on a contended lock while another thread holds the GIL in C code.
+
+    The faulthandler dump is the witness there, but the loop was waiting, not computing:
+    the call it makes decides, and the hint is a thread, not a process.
+    """
+    waiting = threading.Event()
+
+    async def side() -> None:
+        await asyncio.sleep(0.05)
+        waiting.set()
+        blocking.lock_block(0.8)
+        await asyncio.sleep(0.05)
+
+    watcher = unstall.watch(threshold=THRESHOLD, log=False)
+    try:
+        thread = threading.Thread(target=asyncio.run, args=(side(),), name="side-loop")
+        thread.start()
+        waiting.wait(10)
+        time.sleep(0.1)
+        sum(range(sum_n))  # holds the GIL for about half a second in this thread
+        thread.join(30)
+    finally:
+        watcher.stop()
+    stall = only(watcher)
+    assert stall.thread == "side-loop"
+    assert stall.culprit is not None
+    assert stall.culprit.line == line_of("lock")
+    assert stall.call == "_thread.lock.acquire"
+    assert stall.kind == "wait", stall
+    assert "to_thread" in stall.fix_hint

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import linecache
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from unstall._sampler import Sample
@@ -30,6 +30,14 @@ _WAIT_PREFIXES = (
     "os.read",
     "os.write",
     "os.wait",
+    "os.pread",
+    "os.pwrite",
+    "os.system",
+    "signal.pause",
+    "signal.sigwait",
+    "fcntl.flock",
+    "fcntl.lockf",
+    "multiprocessing.",
     "subprocess.",
     "_thread.",
     "threading.",
@@ -118,16 +126,35 @@ def _graft(inner: tuple[Frame, ...], full: Sequence[Sample]) -> tuple[Frame, ...
     return inner
 
 
+def _resolver(resolved: Sequence[str]) -> Callable[[str | None], str | None]:
+    """Map a call read from a source line (``lock.acquire``, from a faulthandler dump) to
+    the name the sampler resolved on the same line (``_thread.lock.acquire``)."""
+
+    def resolve(call: str | None) -> str | None:
+        if call is None or call in resolved:
+            return call
+        tail = "." + call.rsplit(".", 1)[-1]
+        return next((r for r in resolved if r.endswith(tail)), call)
+
+    return resolve
+
+
+def _waits(call: str | None) -> bool:
+    return call is not None and call.startswith(_WAIT_PREFIXES)
+
+
 def _kind(samples: Sequence[Sample], call: str | None, method: str) -> StallKind:
+    if _waits(call):
+        # A known waiting call waits, whatever the clocks say: its thread may have been
+        # runnable only to take the GIL back, or the watchdog starved by another thread.
+        return "wait"
     if method == "faulthandler":
         return "cpu"  # only C code holding the GIL keeps the watchdog from sampling
     timed = [s for s in samples if s.cpu is not None]
     if len(timed) >= 2 and timed[-1].t - timed[0].t > 0.02:
         used = (timed[-1].cpu or 0.0) - (timed[0].cpu or 0.0)
         return "cpu" if used / (timed[-1].t - timed[0].t) >= _CPU_RATIO else "wait"
-    if call is None:
-        return "unknown"
-    return "wait" if call.startswith(_WAIT_PREFIXES) else "unknown"
+    return "unknown"
 
 
 def build_stall(
@@ -159,8 +186,9 @@ def build_stall(
         if (s.frames[s.culprit].file, s.frames[s.culprit].line) == best
     ]
     calls: dict[str | None, float] = defaultdict(float)
+    resolve = _resolver([s.call for s, _ in chosen if s.method == "sampler" and s.call])
     for s, w in chosen:
-        calls[s.call] += w
+        calls[resolve(s.call) if s.method != "sampler" else s.call] += w
     call = max(calls, key=lambda k: calls[k])
     if calls[call] < _CALL_SHARE * sum(calls.values()):
         call = None  # Python code computing, calling this and that along the way
