@@ -86,6 +86,7 @@ CLI_CASES = [
     (["bench", "nosuch"], "unknown section 'nosuch'"),
     (["bench", "--loop", "tokio"], "invalid choice: 'tokio'"),
     (["bench", "--soak", "-1"], "--soak must be a positive number of seconds"),
+    (["bench", "--soak", "0"], "--soak must be a positive number of seconds"),
     (["bench", "--soak", "soon"], "invalid float value: 'soon'"),
     (["bench", "--soak", "nan"], "--soak must be a positive number of seconds"),
     (["bench", "--soak", "0"], "--soak must be a positive number of seconds"),
@@ -158,12 +159,6 @@ async def drain(iterable: Any, **kw: Any) -> list[Any]:
 def in_worker(fn: Callable[[], Any]) -> Callable[[], Any]:
     """Run ``fn`` inside an offloaded call (where ``from_thread`` works)."""
     return lambda: unstall.to_thread(fn)
-
-
-def xfail(finding: int, why: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(
-        reason=f"finding {finding} (notes/findings-issue8.md): {why}", strict=True
-    )
 
 
 API_CASES = [
