@@ -443,3 +443,50 @@ def test_sigterm_ends_the_program_as_under_python(tmp_path: Path) -> None:
     assert w_code == code == -signal.SIGTERM
     assert w_out == out
     assert "Traceback" not in w_err
+
+
+APP_WITH_PROCESSES = textwrap.dedent(
+    """\
+    import asyncio, os, time
+    import unstall
+
+    def crunch(seconds):
+        time.sleep(seconds)
+        return os.getpid()
+
+    async def main():
+        pids = await asyncio.gather(*(unstall.to_process(crunch, 0.01) for _ in range(2)))
+        print("ready", *sorted(set(pids)), flush=True)
+        await asyncio.gather(*(unstall.to_process(crunch, 60) for _ in range(2)))
+
+    if __name__ == "__main__":
+        asyncio.run(main())
+    """
+)
+
+
+def test_ctrl_c_with_process_calls_running_reports_and_leaves_no_worker(tmp_path: Path) -> None:
+    (tmp_path / "app.py").write_text(APP_WITH_PROCESSES)
+    proc = subprocess.Popen(
+        [PY, "-m", "unstall", "run", "app.py"],
+        cwd=tmp_path,
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    first = proc.stdout.readline()
+    assert first.startswith("ready "), first
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGINT  # as python ends on an uncaught Ctrl-C
+    assert err.rstrip().splitlines()[-1].startswith("unstall: the loop never stalled")
+    assert "KeyboardInterrupt" in err
+    assert "Event loop is closed" not in err
+    deadline = time.monotonic() + 10
+    for pid in map(int, first.split()[1:]):
+        while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not os.path.exists(f"/proc/{pid}"), f"worker {pid} outlived the program"
