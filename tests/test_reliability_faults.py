@@ -494,7 +494,9 @@ def nap(seconds):
     return os.getpid()
 
 async def use():
-    threads = set(await asyncio.gather(*(unstall.to_thread(threading.get_ident) for _ in range(20))))
+    # Kernel thread ids: get_ident() values are addresses, reused by a forked child's threads.
+    tids = [unstall.to_thread(threading.get_native_id) for _ in range(20)]
+    threads = set(await asyncio.gather(*tids))
     pids = set(await asyncio.gather(*(unstall.to_process(os.getpid) for _ in range(4))))
     return threads, pids
 
