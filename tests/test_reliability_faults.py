@@ -354,9 +354,15 @@ def test_watcher_survives_c_code_holding_the_gil_and_reports_what_follows(
 
     stalls, alive = asyncio.run(main())
     assert alive
-    lines = [s.culprit.line if s.culprit else None for s in stalls]
-    assert lines == [line_of("gil"), line_of("sleep")], stalls
-    assert all(s.culprit and s.culprit.file == blocking.HERE for s in stalls)
+    assert len(stalls) == 2, stalls
+    gil, sleep = stalls
+    assert gil.duration_s >= 0.3
+    # Which line of gil_block is blamed (the C call, or the Python after it) is
+    # test_faultdump.py's subject, and depends on the machine's load; here: it is found.
+    assert gil.culprit is not None
+    assert (gil.culprit.file, gil.culprit.function) == (blocking.HERE, "gil_block")
+    assert sleep.culprit is not None
+    assert (sleep.culprit.file, sleep.culprit.line) == (blocking.HERE, line_of("sleep"))
 
 
 # ---------------------------------------------------------------- shutdown with calls in flight
