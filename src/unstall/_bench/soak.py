@@ -55,6 +55,7 @@ class Counts:
     cancelled: int = 0
     timed_out: int = 0
     failed: int = 0
+    died: int = 0
     stalls: int = 0
     worker_pids: set[int] = field(default_factory=set)
 
@@ -118,6 +119,8 @@ async def _expect(awaitable: Any, counts: Counts) -> None:
         counts.timed_out += 1
     except ValueError:
         counts.failed += 1
+    except unstall.WorkerDiedError:  # not expected, but a soak reports it, not dies of it
+        counts.died += 1
 
 
 async def _thread_round(counts: Counts) -> None:
@@ -212,7 +215,8 @@ def _verdict(counts: Counts, samples: list[Sample], baseline_threads: int) -> tu
     lines = [
         "",
         f"calls: {counts.calls:,} finished, {counts.failed:,} raised (on purpose), "
-        f"{counts.cancelled:,} cancelled, {counts.timed_out:,} timed out; "
+        f"{counts.cancelled:,} cancelled, {counts.timed_out:,} timed out, "
+        f"{counts.died:,} lost to a dying worker; "
         f"stalls seen: {counts.stalls}; worker processes used: {len(counts.worker_pids)}",
         f"memory: {growth:+.1f} MiB after the first interval ({growth / minutes:+.1f} MiB/min): "
         + ("ok" if ok_memory else f"LEAK? (more than {GROWTH_ALLOWED_MIB:.0f} MiB)"),
