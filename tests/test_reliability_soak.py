@@ -44,6 +44,9 @@ def test_a_short_soak_prints_intervals_and_a_clean_verdict() -> None:
     assert re.search(r"^memory: [+-][\d.]+ MiB after the first interval .*: ok$", proc.stdout, re.M)
     assert re.search(r"^threads: \d+ alive after the run .*: ok$", proc.stdout, re.M)
     assert "worker processes: 0 left after the pool shut down: ok" in proc.stdout
+    assert re.search(
+        r"^stalls: [1-9]\d* made on purpose, \d+ seen by the watcher: ok$", proc.stdout, re.M
+    )
     assert lines[-1] == "verdict: no leak"
 
 

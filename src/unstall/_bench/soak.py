@@ -57,6 +57,7 @@ class Counts:
     failed: int = 0
     died: int = 0
     stalls: int = 0
+    deliberate: int = 0
     worker_pids: set[int] = field(default_factory=set)
 
 
@@ -158,6 +159,7 @@ async def _load(pool: unstall.ProcessPool, counts: Counts, until: float) -> None
         await asyncio.gather(_thread_round(counts), _process_round(pool, counts, kill))
         if time.monotonic() >= next_stall:
             time.sleep(STALL_S)  # the deliberate stall the watcher must see
+            counts.deliberate += 1
             next_stall = time.monotonic() + 1.0
         await asyncio.sleep(0)
 
@@ -217,7 +219,7 @@ def _verdict(counts: Counts, samples: list[Sample], baseline_threads: int) -> tu
         f"calls: {counts.calls:,} finished, {counts.failed:,} raised (on purpose), "
         f"{counts.cancelled:,} cancelled, {counts.timed_out:,} timed out, "
         f"{counts.died:,} lost to a dying worker; "
-        f"stalls seen: {counts.stalls}; worker processes used: {len(counts.worker_pids)}",
+        f"worker processes used: {len(counts.worker_pids)}",
         f"memory: {growth:+.1f} MiB after the first interval ({growth / minutes:+.1f} MiB/min): "
         + ("ok" if ok_memory else f"LEAK? (more than {GROWTH_ALLOWED_MIB:.0f} MiB)"),
         f"threads: {threads} alive after the run (at most {thread_cap} expected): "
@@ -225,9 +227,13 @@ def _verdict(counts: Counts, samples: list[Sample], baseline_threads: int) -> tu
         f"worker processes: {len(left)} left after the pool shut down: "
         + ("ok" if not left else f"LEAK {left}"),
     ]
-    ok = ok_memory and ok_threads and not left and counts.stalls > 0
-    if counts.stalls == 0:
-        lines.append("stalls: the watcher saw none of the deliberate stalls: FAILED")
+    # Every deliberate stall must be seen; a busy machine may add stalls of its own.
+    ok_stalls = counts.stalls >= counts.deliberate
+    lines.append(
+        f"stalls: {counts.deliberate} made on purpose, {counts.stalls} seen by the watcher: "
+        + ("ok" if ok_stalls else "MISSED SOME")
+    )
+    ok = ok_memory and ok_threads and not left and ok_stalls
     lines.append("verdict: " + ("no leak" if ok else "PROBLEM (see above)"))
     return "\n".join(lines), ok
 
