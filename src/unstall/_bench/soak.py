@@ -6,8 +6,9 @@ running, calls that time out, calls that raise, CPU calls in worker processes (s
 them timed out, which kills their worker), and now and then a deliberate stall of the
 loop under a watcher. At intervals it prints the process's memory (RSS), its thread
 count, its child processes, the calls finished per second and the stalls seen; at the
-end, a verdict: how much memory grew after the warm-up interval, and whether any thread
-or worker process was left behind. Exit status 0 when nothing leaked, 1 otherwise.
+end, a verdict: how much memory grew after the warm-up interval, whether any thread or
+worker process was left behind, and whether the watcher saw every deliberate stall. Exit
+status 0 when all is well, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -241,8 +242,8 @@ def _verdict(counts: Counts, samples: list[Sample], baseline_threads: int) -> tu
 def run(opts: BenchOptions) -> int:
     """Soak for ``opts.soak_s`` seconds; print the intervals and the verdict.
 
-    Returns the exit status: 0 when nothing leaked, 1 when something did, 2 for a bad
-    duration or a missing ``psutil``.
+    Returns the exit status: 0 when all is well, 1 when something leaked or a deliberate
+    stall was missed, 2 for a bad duration or a missing ``psutil``.
     """
     seconds = opts.soak_s
     if not math.isfinite(seconds) or seconds <= 0:
