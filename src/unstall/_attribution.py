@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from unstall._sampler import Sample
 from unstall._stall import Frame, SampleCount, Stall, StallKind
 
-__all__ = ["LoopMeta", "build_stall", "split_by_callback"]
+__all__ = ["LoopMeta", "build_stall", "sample_weights", "split_by_callback"]
 
 # Calls that wait (on time, I/O, a lock, a process) rather than compute.
 _WAIT_PREFIXES = (
@@ -90,7 +90,7 @@ def split_by_callback(
     return pieces
 
 
-def _weights(samples: Sequence[Sample], start: float, end: float) -> list[float]:
+def sample_weights(samples: Sequence[Sample], start: float, end: float) -> list[float]:
     n = len(samples)
     out = []
     for i, sample in enumerate(samples):
@@ -174,7 +174,7 @@ def build_stall(
     usable = [s for s in ordered if s.culprit >= 0]
     if not usable:
         return base
-    weights = _weights(usable, start, end)
+    weights = sample_weights(usable, start, end)
     by_line: dict[tuple[str, int], float] = defaultdict(float)
     for sample, w in zip(usable, weights, strict=True):
         c = sample.frames[sample.culprit]

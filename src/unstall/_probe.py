@@ -19,15 +19,17 @@ import threading
 import time
 import weakref
 from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 from unstall import _events
 from unstall._stall import LoopInfo
 from unstall._threadclock import ThreadClock
 
-__all__ = ["LoopProbe", "describe_loop"]
+__all__ = ["LoopProbe", "Reading", "describe_loop"]
 
 _monotonic = time.monotonic
+_process_time = time.process_time
 _LAG_BUCKET_S = 0.1
 _LAG_MAX_POINTS = 20_000
 _EXACT_BEAT_S = 0.05
@@ -56,6 +58,19 @@ def describe_loop(loop: asyncio.AbstractEventLoop) -> str:
         return name
 
 
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """The loop thread's scheduler counters at monotonic time ``t``, read by itself."""
+
+    t: float
+    cpu: float
+    """Seconds on a CPU so far."""
+    delay: float
+    """Seconds runnable but waiting for a CPU so far."""
+    process_cpu: float
+    """CPU seconds of the whole process (every thread) so far."""
+
+
 class LoopProbe:
     """Timestamps of one loop's iterations, written by the loop thread, read by the watchdog.
 
@@ -69,11 +84,16 @@ class LoopProbe:
         self.thread = threading.current_thread().name
         self.kind = "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
         self.threshold = threshold
+        self.trigger = threshold / 2
+        """The select wrapper looks closer at iterations this long (``-1``: at the next)."""
         self.running = False
         self.busy_since: float | None = None
         """Exact loops: when the running iteration began; ``None`` while waiting in select."""
-        self.finished: deque[tuple[float, float, float]] = deque()
-        """``(key, start, end)`` of iterations at least ``threshold`` long, for the watchdog."""
+        self.finished: deque[tuple[float, float, float, Reading | None]] = deque()
+        """``(key, start, end, reading at end)`` of iterations at least ``threshold`` long."""
+        self.readings: deque[Reading] = deque(maxlen=8)
+        """Taken by the loop thread between iterations when the watchdog asks for one."""
+        self._want_reading = False
         self.lag: list[tuple[float, float]] = []
         self.clock = ThreadClock()
         self._selector: Any = getattr(loop, "_selector", None)
@@ -92,8 +112,20 @@ class LoopProbe:
 
     def set_threshold(self, threshold: float) -> None:
         self.threshold = threshold
+        self.trigger = threshold / 2
         if not self.exact:
             self.interval = self.beat_interval(threshold)
+
+    def want_reading(self) -> None:
+        """Ask the loop thread for a :class:`Reading` at its next iteration boundary.
+
+        On selector loops the request lowers ``trigger`` below zero: the select wrapper
+        already compares every iteration with it, so asking costs the loop nothing.
+        """
+        if self.exact:
+            self.trigger = -1.0
+        else:
+            self._want_reading = True
 
     # -- loop thread ---------------------------------------------------------------------
 
@@ -135,26 +167,49 @@ class LoopProbe:
     def end_iteration(self, now: float) -> None:
         start = self.busy_since
         if start is not None:
-            if now - start >= self.threshold:
-                self.finished.append((start, start, now))
+            self.boundary(start, now)
             self.busy_since = None
+
+    def _read(self, now: float) -> Reading | None:
+        stat = self.clock.stat()
+        return None if stat is None else Reading(now, stat[0], stat[1], _process_time())
+
+    def boundary(self, start: float, now: float) -> None:
+        """An iteration that began at ``start`` ends at ``now``: record it if long, and
+        take a reading when asked or after a long-ish one (the reading before the next
+        iteration, which may be long too). Loop thread, off the fast path."""
+        self.trigger, self._want_reading = self.threshold / 2, False
+        reading = self._read(now)
+        if reading is not None:
+            self.readings.append(reading)
+        if now - start >= self.threshold:
+            self.finished.append((start, start, now, reading))
 
     def _wrap_select(self) -> None:
         selector = self._selector
         original = selector.select
         probe = self
+        monotonic = _monotonic
 
+        # The hot path: one call per loop iteration. An iteration runs from select()
+        # returning to select() being called again.
         def select(timeout: float | None = None) -> Any:
+            now = monotonic()
             start = probe.busy_since
-            if start is not None:
-                now = _monotonic()
-                if now - start >= probe.threshold:
-                    probe.finished.append((start, start, now))
-                probe.busy_since = None
+            if start is not None and now - start >= probe.trigger:
+                probe.boundary(start, now)
+            if timeout == 0:
+                # Callbacks are ready: select returns at once, the next iteration begins
+                # now (one clock read per busy iteration instead of two).
+                probe.busy_since = now
+                return original(0)
+            probe.busy_since = None
             try:
                 return original(timeout)
             finally:
-                probe.busy_since = _monotonic()
+                probe.busy_since = now = monotonic()
+                if probe.trigger < 0:
+                    probe.boundary(now, now)
 
         select.__wrapped__ = original  # type: ignore[attr-defined]
         selector.select = select
@@ -186,6 +241,8 @@ class LoopProbe:
         _events.emit_lag(self.id, self.thread, lag)
         if not self.exact:
             self._end_late(now)
+            if self._want_reading:
+                self.boundary(now, now)
         self.due = now + self.interval
         self._handle = self.loop.call_later(self.interval, self._beat)
 
@@ -194,7 +251,10 @@ class LoopProbe:
         # previous beat and then, so half an interval before is the best estimate.
         start = self.due - self.interval / 2
         if now - start >= self.threshold and now > self.due:
-            self.finished.append((self.due, start, now))
+            reading = self._read(now)
+            if reading is not None:
+                self.readings.append(reading)
+            self.finished.append((self.due, start, now, reading))
 
     def _record_lag(self, now: float, lag: float) -> None:
         points = self.lag

@@ -45,6 +45,8 @@ class Sample:
     method: str = "sampler"
     truncated: bool = False
     """The stack lost its outer frames (faulthandler keeps the innermost 100)."""
+    gil: bool = False
+    """The thread was waiting for the GIL: blocked in ``futex`` outside any lock call."""
 
 
 def frame_record(code: types.CodeType, line: int) -> Frame:
@@ -65,6 +67,8 @@ def capture(
     top = sys._current_frames().get(thread_id)
     if top is None:
         return None
+    # First, before anything releases the GIL (reading files does) and lets the thread run.
+    futex = clock.in_futex()
     chain: list[types.FrameType] = []
     f: types.FrameType | None = top
     while f is not None:
@@ -86,7 +90,37 @@ def capture(
         sample.call = None
     _describe_running(sample, loop, chain, start)
     sample.cpu = clock.read()
+    if futex:
+        sample.gil = not _waits_on_a_lock(
+            chain[-1], lastis[-1], sample.call, index == len(chain) - 1
+        )
     return sample
+
+
+# A thread blocked in futex is waiting for a lock, a condition... or for the GIL, which the
+# watchdog holds while it samples. What the innermost frame is doing tells them apart.
+_LOCK_CALLS = (
+    "_thread.",
+    "threading.",
+    "queue.",
+    "_queue.",
+    "concurrent.futures.",
+    "multiprocessing.",
+)
+_LOCK_FILES = ("threading.py", "queue.py", "_base.py", "synchronize.py", "connection.py")
+
+
+def _waits_on_a_lock(
+    frame: types.FrameType, lasti: int, culprit_call: str | None, culprit_is_innermost: bool
+) -> bool:
+    if frame.f_code.co_filename.endswith(_LOCK_FILES):
+        return True
+    try:
+        call = culprit_call if culprit_is_innermost else call_at(frame, lasti)
+    except Exception:
+        return True  # unknown: not claimed as a GIL wait
+    # Not in a call at all: it runs Python, so it waits for the GIL to go on.
+    return call is not None and call.startswith(_LOCK_CALLS)
 
 
 def _describe_running(

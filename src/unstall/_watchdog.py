@@ -22,9 +22,10 @@ from typing import TYPE_CHECKING
 
 from unstall import _events, _faultdump, _loop_hooks
 from unstall._attribution import LoopMeta, build_stall, split_by_callback
-from unstall._probe import LoopProbe
+from unstall._probe import LoopProbe, Reading
 from unstall._sampler import Sample, capture
 from unstall._stall import LoopInfo, Stall
+from unstall._starvation import reading_before, starved_by
 
 if TYPE_CHECKING:
     from unstall._watcher import Watcher
@@ -33,6 +34,7 @@ __all__ = ["Monitor", "monitor"]
 
 _log = logging.getLogger("unstall")
 _monotonic = time.monotonic
+_process_time = time.process_time
 SAMPLE_EVERY_S = 0.005
 HANG_EVERY_S = 1.0
 
@@ -45,6 +47,8 @@ class _Track:
     start: float
     samples: list[Sample] = field(default_factory=list)
     hang_at: float | None = None
+    handoffs: float = 0.0
+    """Seconds the watchdog took to take the GIL from the loop thread, to sample it."""
 
 
 Delivery = tuple[Callable[[Stall], None], Stall]
@@ -63,6 +67,10 @@ class Monitor:
         self._thread: threading.Thread | None = None
         self._stop_event = threading.Event()
         self.threshold = 0.1
+        # When the watchdog held the GIL (its polls): the loop may have waited for it.
+        self._polls: deque[tuple[float, float]] = deque(maxlen=512)
+        self._due = 0.0
+        self._woke_late = 0.0
 
     # -- watchers ------------------------------------------------------------------------
 
@@ -189,13 +197,27 @@ class Monitor:
 
     def _run(self, stop: threading.Event) -> None:
         while not stop.is_set():
+            began = _monotonic()
+            # How long waking up took the watchdog: a loop thread it made give up the GIL
+            # slept meanwhile (a handoff the loop's code did not ask for).
+            self._woke_late = max(began - self._due, 0.0)
             try:
                 sampling = self.poll()
             except BaseException:  # no bug may end the one watchdog of the process
                 _log.exception("unstall: watchdog error")
                 sampling = False
+            self._polls.append((began, _monotonic()))
             pause = SAMPLE_EVERY_S if sampling else min(self.threshold / 4, 0.025)
+            self._due = _monotonic() + pause
             stop.wait(pause)
+
+    def _held(self, start: float, end: float) -> float:
+        """Seconds within ``[start, end]`` the watchdog spent polling, holding the GIL."""
+        total = 0.0
+        for lo, hi in list(self._polls):
+            if hi > start and lo < end:
+                total += min(hi, end) - max(lo, start)
+        return total
 
     def poll(self) -> bool:
         """One look at every loop; returns whether a loop is being sampled."""
@@ -248,16 +270,22 @@ class Monitor:
         busy = probe.busy(now)
         track = self._tracks.get(key)
         while probe.finished:
-            it_key, start, end = probe.finished.popleft()
-            samples = track.samples if track is not None and track.key == it_key else []
+            it_key, start, end, after = probe.finished.popleft()
+            samples, handoffs = [], 0.0
             if track is not None and track.key == it_key:
+                samples, handoffs = track.samples, track.handoffs
                 track = None
                 self._tracks.pop(key, None)
-            self._finish(probe, samples, start, end, deliveries)
+            before = reading_before(probe.readings, start)
+            held = self._held(start, end) + handoffs
+            starved = starved_by(samples, start, end, before, after, self.threshold, held)
+            self._finish(probe, samples, start, end, deliveries, starved)
         if track is not None and (busy is None or busy[0] != track.key):
             self._tracks.pop(key, None)  # that iteration ended below the threshold
             track = None
         if busy is None or not sample:
+            if sample and probe.running:
+                probe.want_reading()  # a reading taken before the next long iteration
             return False
         if not probe.loop.is_running():
             # It stopped without telling us (a uvloop loop started before the hook was
@@ -267,6 +295,7 @@ class Monitor:
             return False
         it_key, start = busy
         if now - start < self.threshold / 2:
+            probe.want_reading()
             return False
         if track is None:
             track = self._tracks[key] = _Track(it_key, start)
@@ -278,8 +307,12 @@ class Monitor:
             again = probe.busy(_monotonic())
             if taken is not None and again is not None and again[0] == it_key:
                 track.samples.append(taken)
-        if now - start >= self.threshold and (
-            track.hang_at is None or now - track.hang_at >= HANG_EVERY_S
+                if taken.gil:
+                    track.handoffs += self._woke_late
+        if (
+            now - start >= self.threshold
+            and (track.hang_at is None or now - track.hang_at >= HANG_EVERY_S)
+            and not self._starved_so_far(probe, track, now)
         ):
             track.hang_at = now
             self._hang(probe, track, now, deliveries)
@@ -288,6 +321,21 @@ class Monitor:
     def _meta(self, probe: LoopProbe) -> LoopMeta:
         return LoopMeta(loop=probe.id, thread=probe.thread, thread_id=probe.thread_id)
 
+    def _starved_so_far(self, probe: LoopProbe, track: _Track, now: float) -> bool:
+        """Whether the iteration going on is, so far, the loop kept from running."""
+        stat = probe.clock.stat()
+        if stat is None:
+            return False
+        # Read from here, a wait still going on is not counted yet: this errs on the side
+        # of reporting the hang.
+        after = Reading(now, stat[0], stat[1], _process_time())
+        before = reading_before(probe.readings, track.start)
+        held = self._held(track.start, now) + track.handoffs
+        return (
+            starved_by(track.samples, track.start, now, before, after, self.threshold, held)
+            is not None
+        )
+
     def _finish(
         self,
         probe: LoopProbe,
@@ -295,6 +343,7 @@ class Monitor:
         start: float,
         end: float,
         deliveries: list[Delivery],
+        starved: str | None = None,
     ) -> None:
         meta = self._meta(probe)
         first = True
@@ -302,6 +351,13 @@ class Monitor:
             if hi - lo < self.threshold:
                 continue
             stall = build_stall(part, lo, hi, meta)
+            if starved is not None:
+                # Not the program's doing: kept apart, neither logged nor called back.
+                stall = stall.with_updates(culprit=None, call=starved, kind="unknown")
+                for watcher in self._watchers:
+                    if watcher.wants(probe.loop) and stall.duration_s >= watcher.threshold:
+                        deliveries.append((watcher._take_starved, stall))
+                continue
             for watcher in self._watchers:
                 if watcher.wants(probe.loop) and stall.duration_s >= watcher.threshold:
                     deliveries.append((watcher._take_stall, stall))
@@ -323,7 +379,7 @@ class Monitor:
         """Add each dump, as a sample, to the loop iteration it fell in (if any)."""
         for dump in dumps:
             for key, probe in self._probes.items():
-                spans = list(probe.finished)
+                spans = [(k, lo, hi) for k, lo, hi, _ in probe.finished]
                 busy = probe.busy(_monotonic())
                 if busy is not None:
                     spans.append((busy[0], busy[1], _monotonic()))

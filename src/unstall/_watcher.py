@@ -25,6 +25,10 @@ class Watcher:
 
     Attributes:
         stalls: Finished stalls, in the order they ended.
+        starved: Long loop iterations that were not the loop's own doing: its thread was
+            kept from running by the OS (``call == "(waiting for a CPU)"``) or by another
+            thread holding the GIL (``"(waiting for the GIL)"``). Not in ``stalls``, not
+            logged, not passed to ``on_stall``.
         threshold: The shortest blocking time reported, in seconds.
         loop: The watched loop, or ``None`` for every loop in the process.
     """
@@ -40,6 +44,7 @@ class Watcher:
         self.loop = loop
         self.threshold = threshold
         self.stalls: list[Stall] = []
+        self.starved: list[Stall] = []
         self._on_stall = on_stall
         self._on_hang = on_hang
         self._log = log
@@ -72,6 +77,17 @@ class Watcher:
                 self._on_stall(stall)
             except BaseException:  # also SystemExit: a listener must not end the watchdog
                 _log.exception("unstall: on_stall callback %r failed", self._on_stall)
+
+    def _take_starved(self, stall: Stall) -> None:
+        stall = self._relative(stall)
+        with self._lock:
+            self.starved.append(stall)
+        _log.debug(
+            "unstall: loop %s was late %.0f ms %s, not by its own code",
+            stall.loop,
+            stall.duration_s * 1e3,
+            stall.call,
+        )
 
     def _take_hang(self, stall: Stall) -> None:
         stall = self._relative(stall)
