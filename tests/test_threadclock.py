@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
+
+import pytest
 
 from unstall._threadclock import ThreadClock
 
@@ -61,3 +64,40 @@ def test_a_finished_thread_reads_as_unknown() -> None:
     thread.join()
     time.sleep(0.05)
     assert box[0].read() is None
+
+
+def _parked(block: str) -> tuple[ThreadClock, threading.Thread, threading.Lock]:
+    box: list[ThreadClock] = []
+    lock = threading.Lock()
+    lock.acquire()
+
+    def body() -> None:
+        box.append(ThreadClock())
+        if block == "lock":
+            lock.acquire()
+        else:
+            time.sleep(0.5)
+
+    thread = threading.Thread(target=body)
+    thread.start()
+    while not box:
+        time.sleep(0.01)
+    time.sleep(0.1)
+    return box[0], thread, lock
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux's /proc")
+def test_futex_and_run_queue_counters_of_a_thread() -> None:
+    clock, thread, lock = _parked("lock")
+    assert clock.in_futex() is True  # blocked on a lock
+    stat = clock.stat()
+    assert stat is not None
+    assert min(stat) >= 0
+    delay = clock.run_delay()
+    assert delay is not None
+    assert delay >= 0
+    lock.release()
+    thread.join()
+    clock, thread, _ = _parked("sleep")
+    assert clock.in_futex() is False  # in clock_nanosleep
+    thread.join()
