@@ -14,10 +14,10 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 import pytest
@@ -210,6 +210,25 @@ def running(pid: int) -> bool:
         return False
 
 
+T = TypeVar("T")
+
+
+def run_bounded(main: Callable[[], Coroutine[Any, Any, T]], what: str) -> T:
+    """``asyncio.run(main())``, but a call that never ends (not even when cancelled) fails
+    the test, naming ``what``, instead of hanging the whole suite."""
+    loop = asyncio.new_event_loop()
+    try:
+        task = loop.create_task(main())
+        loop.run_until_complete(asyncio.wait({task}, timeout=SLACK_S * 6))
+        if not task.done():
+            task.cancel()
+            loop.run_until_complete(asyncio.wait({task}, timeout=SLACK_S))
+            pytest.fail(f"calls still pending after {SLACK_S * 6:.0f} s: {what}")
+        return task.result()
+    finally:
+        loop.close()
+
+
 @pytest.fixture(scope="module")
 def process_pool() -> Iterator[ProcessPool]:
     with ProcessPool(2, name="once-process") as pool:
@@ -246,7 +265,7 @@ def test_processes_run_every_call_exactly_once_or_visibly_not(
         )
         return outcomes, await process_pool.run(os.getpid)  # the pool still works
 
-    outcomes, healthy_pid = asyncio.run(main())
+    outcomes, healthy_pid = run_bounded(main, f"plan={plan!r} pool={process_pool!r}")
     started, ended, pids = read_log(log)
     every_worker_pid.update(pids | {healthy_pid})
     check_outcomes(plan, outcomes, started)
