@@ -19,7 +19,7 @@ from unstall import Stall, Watcher
 from unstall._probe import Reading
 from unstall._sampler import Sample
 from unstall._stall import Frame
-from unstall._starvation import GIL, OS, reading_before, starved_by
+from unstall._starvation import GIL, OS, busy_share, reading_before, starved_by
 
 THRESHOLD = 0.1
 LINUX = sys.platform.startswith("linux") and os.path.exists("/proc/self/schedstat")
@@ -72,6 +72,14 @@ def test_the_time_before_the_start_counts_as_the_loops_own() -> None:
     before = Reading(-0.06, 1.0, 2.0, 3.0)
     after = Reading(0.3, 1.0, 2.3, 3.0)
     assert starved_by([], 0.0, 0.3, before, after, THRESHOLD) is None
+
+
+def test_busy_share_from_the_counters() -> None:
+    # What decides a stall's kind when too few samples were taken (C code holding the GIL).
+    before = Reading(0.0, 1.0, 2.0, 3.0)
+    assert busy_share(before, Reading(0.5, 1.3, 2.15, 3.3)) == pytest.approx(0.9)
+    assert busy_share(before, Reading(0.5, 1.01, 2.0, 3.0)) == pytest.approx(0.02)
+    assert busy_share(None, before) is None
 
 
 # ------------------------------------------------------------------------ real threads

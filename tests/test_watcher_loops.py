@@ -379,3 +379,25 @@ def test_a_uvloop_loop_started_before_the_hook_is_watched_and_its_stop_is_no_han
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == {"stalls": 1, "hangs_after_stop": 0}
+
+
+def test_a_loop_that_stopped_before_the_watcher_is_not_in_its_report() -> None:
+    async def brief() -> None:
+        await asyncio.sleep(0.05)
+
+    first = unstall.watch(threshold=0.1, log=False)
+    try:
+        thread = threading.Thread(target=asyncio.run, args=(brief(),), name="gone-loop")
+        thread.start()
+        thread.join(30)
+        time.sleep(0.1)  # the watchdog forgets the stopped loop
+    finally:
+        first.stop()
+    second = unstall.watch(threshold=0.1, log=False)
+    try:
+        asyncio.run(asyncio.sleep(0.1))
+    finally:
+        second.stop()
+    threads = [info.thread for info in second.report().loops]
+    assert "gone-loop" not in threads
+    assert threading.current_thread().name in threads

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from unstall._sampler import Sample
 from unstall._stall import Frame, SampleCount, Stall, StallKind
 
-__all__ = ["LoopMeta", "build_stall", "sample_weights", "split_by_callback"]
+__all__ = ["CPU_RATIO", "LoopMeta", "build_stall", "sample_weights", "split_by_callback"]
 
 # Calls that wait (on time, I/O, a lock, a process) rather than compute.
 _WAIT_PREFIXES = (
@@ -53,7 +53,7 @@ _WAIT_PREFIXES = (
 )
 # The loop thread's busy time (on a CPU or runnable) over the stall's wall time: a waiting
 # thread stays near 0, a computing one near 1 (less when other threads hold the GIL).
-_CPU_RATIO = 0.3
+CPU_RATIO = 0.3
 # The call named is the one the culprit line was in for most of its time.
 _CALL_SHARE = 0.8
 
@@ -153,7 +153,7 @@ def _kind(samples: Sequence[Sample], call: str | None, method: str) -> StallKind
     timed = [s for s in samples if s.cpu is not None]
     if len(timed) >= 2 and timed[-1].t - timed[0].t > 0.02:
         used = (timed[-1].cpu or 0.0) - (timed[0].cpu or 0.0)
-        return "cpu" if used / (timed[-1].t - timed[0].t) >= _CPU_RATIO else "wait"
+        return "cpu" if used / (timed[-1].t - timed[0].t) >= CPU_RATIO else "wait"
     return "unknown"
 
 

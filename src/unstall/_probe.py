@@ -105,6 +105,8 @@ class LoopProbe:
         self._lag_bucket = _LAG_BUCKET_S
         self.retiring = False
         """The loop stopped running; the watchdog forgets it once its stalls are out."""
+        self.retired_at: float | None = None
+        """When the watchdog forgot it (monotonic)."""
 
     @staticmethod
     def beat_interval(threshold: float) -> float:

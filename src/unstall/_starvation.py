@@ -26,7 +26,7 @@ from collections.abc import Iterable, Sequence
 from unstall._probe import Reading
 from unstall._sampler import Sample
 
-__all__ = ["GIL", "OS", "reading_before", "starved_by"]
+__all__ = ["GIL", "OS", "busy_share", "reading_before", "starved_by"]
 
 GIL = "(waiting for the GIL)"
 OS = "(waiting for a CPU)"
@@ -79,3 +79,11 @@ def starved_by(
     if wall - delay - gil >= threshold / 2:
         return None
     return GIL if gil > delay else OS
+
+
+def busy_share(before: Reading | None, after: Reading | None) -> float | None:
+    """The share of ``[before.t, after.t]`` the loop thread was on a CPU or waiting for one."""
+    if before is None or after is None or after.t - before.t <= 0:
+        return None
+    busy = (after.cpu - before.cpu) + (after.delay - before.delay)
+    return max(busy, 0.0) / (after.t - before.t)

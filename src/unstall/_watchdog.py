@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from unstall import _events, _faultdump, _loop_hooks
-from unstall._attribution import LoopMeta, build_stall, split_by_callback
+from unstall._attribution import CPU_RATIO, LoopMeta, build_stall, split_by_callback
 from unstall._probe import LoopProbe, Reading
 from unstall._sampler import Sample, capture
 from unstall._stall import LoopInfo, Stall
-from unstall._starvation import reading_before, starved_by
+from unstall._starvation import busy_share, reading_before, starved_by
 
 if TYPE_CHECKING:
     from unstall._watcher import Watcher
@@ -179,6 +179,8 @@ class Monitor:
         for key, probe in found:
             if watcher.loop is not None and id(watcher.loop) != key:
                 continue
+            if probe.retired_at is not None and probe.retired_at < since:
+                continue  # stopped before this watcher began: not one it saw run
             info = probe.info(since)
             if info.id in infos:  # the same loop run again: one series
                 infos[info.id].lag.extend(info.lag)
@@ -191,11 +193,13 @@ class Monitor:
         del self._probes[key]
         self._tracks.pop(key, None)
         probe.loop = None  # type: ignore[assignment]  # let the loop be collected
+        probe.retired_at = _monotonic()
         self._retired.append((key, probe))
 
     # -- the watchdog --------------------------------------------------------------------
 
     def _run(self, stop: threading.Event) -> None:
+        self._due = _monotonic()
         while not stop.is_set():
             began = _monotonic()
             # How long waking up took the watchdog: a loop thread it made give up the GIL
@@ -279,7 +283,10 @@ class Monitor:
             before = reading_before(probe.readings, start)
             held = self._held(start, end) + handoffs
             starved = starved_by(samples, start, end, before, after, self.threshold, held)
-            self._finish(probe, samples, start, end, deliveries, starved)
+            # Only over a bracket close to the iteration: idle time before would dilute it.
+            tight = before is not None and start - before.t <= self.threshold / 2
+            share = busy_share(before, after) if tight else None
+            self._finish(probe, samples, start, end, deliveries, starved, share)
         if track is not None and (busy is None or busy[0] != track.key):
             self._tracks.pop(key, None)  # that iteration ended below the threshold
             track = None
@@ -344,6 +351,7 @@ class Monitor:
         end: float,
         deliveries: list[Delivery],
         starved: str | None = None,
+        busy: float | None = None,
     ) -> None:
         meta = self._meta(probe)
         first = True
@@ -351,6 +359,9 @@ class Monitor:
             if hi - lo < self.threshold:
                 continue
             stall = build_stall(part, lo, hi, meta)
+            if stall.kind == "unknown" and busy is not None:
+                # Too few samples to tell: the loop thread's own counters over the iteration.
+                stall = stall.with_updates(kind="cpu" if busy >= CPU_RATIO else "wait")
             if starved is not None:
                 # Not the program's doing: kept apart, neither logged nor called back.
                 stall = stall.with_updates(culprit=None, call=starved, kind="unknown")
