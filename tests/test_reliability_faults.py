@@ -560,3 +560,39 @@ def test_fork_after_both_pools_started_gives_the_child_fresh_pools(tmp_path: Pat
     assert proc.stdout.count("parent calls") == 1  # the child did not finish the parent's calls
     assert "Traceback" not in proc.stderr
     assert proc.stderr == ""
+
+
+# ---------------------------------------------------------------- a cancel racing a reply
+
+
+@pytest.mark.xfail(
+    reason="finding 11 (notes/findings-issue8.md): Task.cancel() cancels the awaited reply "
+    "future; _on_readable then hands the worker to the next call, and _cancelled, seeing a "
+    "cancelled future, kills that worker or waits on it and takes the next call's reply",
+    strict=True,
+)
+@pytest.mark.parametrize("mode", ["abandon", "wait"])
+def test_a_cancel_arriving_with_the_reply_leaves_the_next_call_alone(mode: str) -> None:
+    """Call A's reply is in the socket when A's caller cancels it, and the worker is
+    handed straight to call B: the cancel must neither kill B's worker nor steal B's
+    reply (found by the soak-style stress of the exactly-once test, under load)."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        with ProcessPool(1, name="faults-race") as pool:
+            await pool.run(getpid)  # the worker is up
+            a = asyncio.create_task(pool.submit(nap, (0.05,), {}, cancel=mode))  # type: ignore[arg-type]
+            await asyncio.sleep(0.02)  # A runs
+            b = asyncio.create_task(pool.run(nap, 0.05))  # B waits for the only worker
+            await asyncio.sleep(0.01)
+            time.sleep(0.3)  # block the loop: A ends, its reply waits in the socket
+            # Next iteration: the cancel runs first, then the reply is read (the worker
+            # goes to B), then A's task handles its cancellation.
+            loop.call_soon(a.cancel)
+            await asyncio.sleep(0)
+            done, _ = await asyncio.wait({a, b}, timeout=SLACK_S)
+            assert b in done, "B never finished: its reply went to A's cancellation"
+            assert isinstance(b.result(), int), b.exception()  # not WorkerDiedError
+            assert a in done
+
+    asyncio.run(main())
