@@ -565,12 +565,6 @@ def test_fork_after_both_pools_started_gives_the_child_fresh_pools(tmp_path: Pat
 # ---------------------------------------------------------------- a cancel racing a reply
 
 
-@pytest.mark.xfail(
-    reason="finding 11 (notes/findings-issue8.md): Task.cancel() cancels the awaited reply "
-    "future; _on_readable then hands the worker to the next call, and _cancelled, seeing a "
-    "cancelled future, kills that worker or waits on it and takes the next call's reply",
-    strict=True,
-)
 @pytest.mark.parametrize("mode", ["abandon", "wait"])
 def test_a_cancel_arriving_with_the_reply_leaves_the_next_call_alone(mode: str) -> None:
     """Call A's reply is in the socket when A's caller cancels it, and the worker is

@@ -548,6 +548,11 @@ class ProcessPool:
     async def _cancelled(
         self, worker: _Worker, fut: asyncio.Future[bytes | None], cancel: CancelMode
     ) -> None:
+        if worker.fut is not fut:
+            # The reply came back in the same loop iteration as the cancel (which had
+            # already cancelled ``fut``): the call is over and the worker may be running
+            # the next one. Killing it or waiting on it would hit that call instead.
+            return
         if fut.done() and not fut.cancelled():
             if fut.result() is None:  # it died just before: nothing runs any more
                 self._forget(worker)
