@@ -7,14 +7,23 @@ Two figures per implementation, on each event loop:
 
 Implementations run interleaved, round after round (the order rotates each round), and each
 figure is the median of the rounds, so a noisy neighbour hits every implementation alike.
+
+Sequential latency on several CPUs is dominated by where the kernel places the woken
+worker: a wake-up across CPUs (an inter-processor interrupt, slow in a VM) costs more than
+everything the library does. So latency is also measured in a child process pinned to one
+CPU, where that placement is the same for every implementation and what remains is the
+library's own cost per call.
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -101,6 +110,47 @@ async def _measure(
     )
 
 
+async def _latencies(rounds: int, n_latency: int) -> dict[str, float]:
+    impls, _ = _implementations(asyncio.get_running_loop())
+    names = list(impls)
+    for call in impls.values():
+        await _latency(call, 50)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            samples[name].append(await _latency(impls[name], n_latency))
+    return {n: statistics.median(v) for n, v in samples.items()}
+
+
+def _pinned_child(rounds: int, n_latency: int) -> None:
+    """In the child process: pin to one CPU (threads started later inherit it), measure."""
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    print(json.dumps(asyncio.run(_latencies(rounds, n_latency))))
+
+
+def _one_cpu_table(rounds: int, n_latency: int) -> Table:
+    table = Table(
+        title="Threads: latency per call on one CPU (the library's own cost)",
+        columns=["implementation", "latency per call", "latency vs asyncio.to_thread"],
+    )
+    if not hasattr(os, "sched_setaffinity"):
+        table.notes.append("needs os.sched_setaffinity (Linux): not measured here")
+        return table
+    code = f"from unstall._bench.threads import _pinned_child; _pinned_child({rounds}, {n_latency})"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if proc.returncode != 0:
+        table.notes.append(f"the pinned child failed: {proc.stderr.strip().splitlines()[-1:]}")
+        return table
+    latency: dict[str, float] = json.loads(proc.stdout)
+    for name, value in latency.items():
+        table.add(name, fmt_us(value), fmt_ratio(value / latency[BASELINE]))
+    table.notes.append(
+        f"asyncio loop, a child process pinned to one CPU; median of {rounds} interleaved "
+        f"rounds of {n_latency} sequential awaits; lower is better"
+    )
+    return table
+
+
 def _new_loop(kind: str) -> asyncio.AbstractEventLoop | None:
     if kind == "uvloop":
         if importlib.util.find_spec("uvloop") is None:
@@ -158,4 +208,5 @@ def run(opts: BenchOptions) -> list[Table]:
         if missing:
             table.notes.append(f"not installed, not measured: {', '.join(missing)}")
         tables.append(table)
+    tables.append(_one_cpu_table(rounds, n_latency))
     return tables
