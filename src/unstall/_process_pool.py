@@ -170,9 +170,9 @@ class _Worker:
             victims = psutil.Process(self.pid).children(recursive=True)
         try:
             os.killpg(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        except PermissionError:  # not (yet) a group leader: kill the process alone
+        except (ProcessLookupError, PermissionError):
+            # No such group yet: a worker killed before its os.setsid() is not a group
+            # leader (or it already died; then this is a no-op too).
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
         for child in victims:  # children that left the group (setsid, daemons)
@@ -618,7 +618,10 @@ class ProcessPool:
             if worker.stopping
             else _describe_exit(code)
         )
-        if not worker.stopping and not worker.served and code is not None and code > 0:
+        # multiprocessing exits with status 1 when a worker's bootstrap fails, typically
+        # because re-importing an unguarded main script started the program again; a
+        # call's own os._exit(N) on a fresh worker must not get this hint.
+        if not worker.stopping and not worker.served and code == 1:
             why += (
                 " (before serving any call: see its traceback on stderr; a script must "
                 "guard its entry point with `if __name__ == '__main__':`)"
