@@ -3,9 +3,10 @@
 Two coroutines share a loop: ``test1`` calls ``slow_function``, which blocks in
 ``time.sleep`` for 3 s, and ``test2`` prints 0..9 every 0.5 s. The demo runs the blocking
 version under the real ``unstall run`` (a subprocess), shows the stall as it is found and
-the summary, then the one-line fix and the fixed version. The two scripts are the ones in
-``examples/`` (kept identical by a test); they are written to a temporary directory so the
-demo also works from an installed wheel.
+the summary, then the one-line fix and the fixed version. The two scripts live in
+``unstall/_demo_scripts/`` (``examples/`` links to them); they are copied to a temporary
+directory and run from there, so that from an installed wheel too they are the user's own
+code to the watcher, not a library's.
 
 The program's own lines go to stdout unchanged; the narration and unstall's report go to
 stderr.
@@ -21,6 +22,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib import resources
 from typing import IO
 
 import unstall
@@ -36,94 +38,13 @@ NORMAL_TIMINGS = (3.0, 0.5)
 # so the fixed version's order (5, "Finish test1", 6) holds on a loaded machine too.
 FAST_TIMINGS = (0.6, 0.11)
 
-BLOCKING_SCRIPT = '''"""A blocking call inside a coroutine freezes every other task on the event loop.
 
-``test1`` calls ``slow_function``, which blocks in ``time.sleep`` (stand-in for any
-blocking call: an HTTP request with ``requests``, a database query, a big file read).
-``test2`` should print a number every half second, but nothing runs on the loop until
-``slow_function`` returns. Find it with::
-
-    unstall run examples/blocking_call.py
-
-The fix is in ``fixed_call.py``. Optional arguments: the blocking time and the tick, in
-seconds (``unstall demo --fast`` uses shorter ones).
-"""
-
-import asyncio
-import sys
-import time
-
-BLOCK_S, TICK_S = (float(arg) for arg in sys.argv[1:3]) if len(sys.argv) > 2 else (3.0, 0.5)
+def _script(name: str) -> str:
+    return (resources.files("unstall._demo_scripts") / name).read_text(encoding="utf-8")
 
 
-def slow_function() -> int:
-    time.sleep(BLOCK_S)
-    return 42
-
-
-async def test1() -> None:
-    slow_function()
-    print("Finish test1", flush=True)
-
-
-async def test2() -> None:
-    for tick in range(10):
-        print(tick, flush=True)
-        await asyncio.sleep(TICK_S)
-    print("Finish test2", flush=True)
-
-
-async def main() -> None:
-    await asyncio.gather(test1(), test2())
-
-
-if __name__ == "__main__":
-    asyncio.run(main())
-'''
-
-FIXED_SCRIPT = '''"""The fix for ``blocking_call.py``: the blocking call runs in a worker thread.
-
-One line changed: ``test1`` awaits ``unstall.to_thread(slow_function)``, so the loop
-stays free while ``slow_function`` sleeps, and ``test2`` ticks on time::
-
-    unstall run examples/fixed_call.py
-
-Optional arguments: the blocking time and the tick, in seconds.
-"""
-
-import asyncio
-import sys
-import time
-
-import unstall
-
-BLOCK_S, TICK_S = (float(arg) for arg in sys.argv[1:3]) if len(sys.argv) > 2 else (3.0, 0.5)
-
-
-def slow_function() -> int:
-    time.sleep(BLOCK_S)
-    return 42
-
-
-async def test1() -> None:
-    await unstall.to_thread(slow_function)
-    print("Finish test1", flush=True)
-
-
-async def test2() -> None:
-    for tick in range(10):
-        print(tick, flush=True)
-        await asyncio.sleep(TICK_S)
-    print("Finish test2", flush=True)
-
-
-async def main() -> None:
-    await asyncio.gather(test1(), test2())
-
-
-if __name__ == "__main__":
-    asyncio.run(main())
-'''
+BLOCKING_SCRIPT = _script("blocking_call.py")
+FIXED_SCRIPT = _script("fixed_call.py")
 
 _DIFF_OLD = "-    slow_function()"
 _DIFF_NEW = "+    await unstall.to_thread(slow_function)"
