@@ -18,8 +18,9 @@ itself; one in teardown is reported as an error in the test's teardown.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -260,42 +261,40 @@ def _start(item: pytest.Item) -> _Guard | None:
     return guard
 
 
+@contextlib.contextmanager
+def _phase(guard: _Guard | None, name: str) -> Iterator[None]:
+    """Watch one phase (setup, call, teardown) of a guarded test."""
+    if guard is None:
+        yield
+        return
+    guard.start_phase(name)
+    try:
+        yield
+    finally:
+        guard.end_phase()
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
-    guard = _start(item)
-    if guard is not None:
-        guard.start_phase("setup")
-    try:
+    with _phase(_start(item), "setup"):
         return (yield)
-    finally:
-        if guard is not None:
-            guard.end_phase()
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
-    guard = item.stash.get(_GUARD, None)
-    if guard is not None:
-        guard.start_phase("call")
-    try:
+    with _phase(item.stash.get(_GUARD, None), "call"):
         return (yield)
-    finally:
-        if guard is not None:
-            guard.end_phase()
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
     guard = item.stash.get(_GUARD, None)
-    if guard is not None:
-        guard.start_phase("teardown")
     try:
-        return (yield)
+        with _phase(guard, "teardown"):
+            return (yield)
     finally:
-        if guard is not None:
-            guard.end_phase()
-            if guard.uninstall is not None:
-                guard.uninstall()
+        if guard is not None and guard.uninstall is not None:
+            guard.uninstall()
 
 
 @pytest.hookimpl(wrapper=True)
