@@ -26,13 +26,12 @@ from contextlib import ExitStack
 from typing import Any
 
 import unstall
-from unstall._bench import BenchOptions
+from unstall._bench import BenchOptions, _timing
 from unstall._bench._table import Table, fmt_ratio, fmt_us
+from unstall._bench._timing import Call
 
 IN_FLIGHT = 32
 BASELINE = "ProcessPoolExecutor"
-
-Call = Callable[[], Awaitable[Any]]
 
 
 def _trivial() -> int:
@@ -88,23 +87,6 @@ def _implementations(
     return impls, missing
 
 
-async def _latency(call: Call, n: int) -> float:
-    start = time.perf_counter()
-    for _ in range(n):
-        await call()
-    return (time.perf_counter() - start) / n
-
-
-async def _throughput(call: Call, per_task: int) -> float:
-    async def chain() -> None:
-        for _ in range(per_task):
-            await call()
-
-    start = time.perf_counter()
-    await asyncio.gather(*(chain() for _ in range(IN_FLIGHT)))
-    return IN_FLIGHT * per_task / (time.perf_counter() - start)
-
-
 async def _speed(opts: BenchOptions, loop_name: str) -> Table:
     loop = asyncio.get_running_loop()
     workers = os.cpu_count() or 1
@@ -126,8 +108,8 @@ async def _speed(opts: BenchOptions, loop_name: str) -> Table:
         names = list(impls)
         for r in range(rounds):
             for name in names[r % len(names) :] + names[: r % len(names)]:
-                lat[name].append(await _latency(impls[name], n_latency))
-                thr[name].append(await _throughput(impls[name], per_task))
+                lat[name].append(await _timing.latency(impls[name], n_latency))
+                thr[name].append(await _timing.throughput(impls[name], per_task, IN_FLIGHT))
     table = Table(
         title=f"Processes: per-call latency and throughput ({loop_name})",
         columns=[

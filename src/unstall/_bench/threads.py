@@ -24,18 +24,14 @@ import os
 import statistics
 import subprocess
 import sys
-import time
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 import unstall
-from unstall._bench import BenchOptions
+from unstall._bench import BenchOptions, _timing
 from unstall._bench._table import Table, fmt_ratio, fmt_us
+from unstall._bench._timing import Call
 
 IN_FLIGHT = 64
 BASELINE = "asyncio.to_thread"
-
-Call = Callable[[], Awaitable[Any]]
 
 
 def _trivial() -> int:
@@ -72,37 +68,20 @@ def _implementations(loop: asyncio.AbstractEventLoop) -> tuple[dict[str, Call], 
     return impls, missing
 
 
-async def _latency(call: Call, n: int) -> float:
-    start = time.perf_counter()
-    for _ in range(n):
-        await call()
-    return (time.perf_counter() - start) / n
-
-
-async def _throughput(call: Call, per_task: int) -> float:
-    async def chain() -> None:
-        for _ in range(per_task):
-            await call()
-
-    start = time.perf_counter()
-    await asyncio.gather(*(chain() for _ in range(IN_FLIGHT)))
-    return IN_FLIGHT * per_task / (time.perf_counter() - start)
-
-
 async def _measure(
     loop: asyncio.AbstractEventLoop, rounds: int, n_latency: int, per_task: int
 ) -> tuple[dict[str, float], dict[str, float], list[str]]:
     impls, missing = _implementations(loop)
     names = list(impls)
     for call in impls.values():  # warm up: threads started, code paths hot
-        await _throughput(call, 3)
+        await _timing.throughput(call, 3, IN_FLIGHT)
     latency: dict[str, list[float]] = {name: [] for name in names}
     throughput: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
         order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
-            latency[name].append(await _latency(impls[name], n_latency))
-            throughput[name].append(await _throughput(impls[name], per_task))
+            latency[name].append(await _timing.latency(impls[name], n_latency))
+            throughput[name].append(await _timing.throughput(impls[name], per_task, IN_FLIGHT))
     return (
         {n: statistics.median(v) for n, v in latency.items()},
         {n: statistics.median(v) for n, v in throughput.items()},
@@ -114,11 +93,11 @@ async def _latencies(rounds: int, n_latency: int) -> dict[str, float]:
     impls, _ = _implementations(asyncio.get_running_loop())
     names = list(impls)
     for call in impls.values():
-        await _latency(call, 50)
+        await _timing.latency(call, 50)
     samples: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            samples[name].append(await _latency(impls[name], n_latency))
+            samples[name].append(await _timing.latency(impls[name], n_latency))
     return {n: statistics.median(v) for n, v in samples.items()}
 
 

@@ -1,0 +1,31 @@
+"""The two measurements every offloading section makes: sequential latency and throughput."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+Call = Callable[[], Awaitable[Any]]
+"""A zero-argument async callable that offloads one trivial call."""
+
+
+async def latency(call: Call, n: int) -> float:
+    """Seconds per call, awaiting ``n`` calls one after another (one in flight)."""
+    start = time.perf_counter()
+    for _ in range(n):
+        await call()
+    return (time.perf_counter() - start) / n
+
+
+async def throughput(call: Call, per_task: int, in_flight: int) -> float:
+    """Calls per second with ``in_flight`` coroutines each awaiting ``per_task`` calls."""
+
+    async def chain() -> None:
+        for _ in range(per_task):
+            await call()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(chain() for _ in range(in_flight)))
+    return in_flight * per_task / (time.perf_counter() - start)
