@@ -582,3 +582,19 @@ async def test_without_cloudpickle_a_lambda_error_says_how_to_fix_it(
     ):
         await pool.submit(lambda: 1, (), {})
     assert await pool.submit(add, (1, 2), {}) == 3  # module-level functions still go by pickle
+
+
+def test_worker_exits_quietly_when_its_parent_vanishes() -> None:
+    """A reset connection (the parent died with data unread) ends the worker like EOF."""
+    import socket
+
+    from unstall import _process_worker
+
+    parent, child = socket.socketpair()
+    parent.sendall(b"unread")  # a short frame: the worker waits for more
+    child.sendall(b"x")  # unread by the parent: its close resets the connection
+    parent.close()
+    try:
+        assert _process_worker._read_exact(child.fileno(), 8) is None
+    finally:
+        child.close()

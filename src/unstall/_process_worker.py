@@ -43,9 +43,13 @@ def dumps_any(obj: object) -> bytes:
 
 
 def _read_exact(fd: int, n: int) -> bytes | None:
+    """``n`` bytes, or ``None`` at end of file (the parent closed the socket or died)."""
     chunks = []
     while n:
-        chunk = os.read(fd, min(n, 1 << 20))
+        try:
+            chunk = os.read(fd, min(n, 1 << 20))
+        except ConnectionResetError:  # the parent died with data unread: same as EOF
+            return None
         if not chunk:
             return None
         chunks.append(chunk)
