@@ -454,6 +454,11 @@ class ProcessPool:
             proc.start()
         finally:
             child.close()
+        # The pool reaps its own workers. Left in multiprocessing's registry of children,
+        # a dead worker would also be polled by any later Process.start() in any thread,
+        # and two threads polling one forkserver child race for its exit status: the
+        # loser records 255 instead of, say, -SIGKILL.
+        multiprocessing.process._children.discard(proc)  # type: ignore[attr-defined]
         return _Worker(proc, parent)
 
     def _give_back(self, worker: _Worker) -> None:
