@@ -112,15 +112,23 @@ async def _call(
 ) -> T:
     """:func:`call` with arguments already validated."""
     if timeout is None:
-        if limiter is None:
-            return await target.submit(func, args, kwargs, cancel=cancel)
-        async with limiter:
-            return await target.submit(func, args, kwargs, cancel=cancel)
+        return await _limited(target, func, args, kwargs, limiter, cancel)
     async with asyncio.timeout(timeout):
-        if limiter is None:
-            return await target.submit(func, args, kwargs, cancel=cancel)
-        async with limiter:
-            return await target.submit(func, args, kwargs, cancel=cancel)
+        return await _limited(target, func, args, kwargs, limiter, cancel)
+
+
+async def _limited(
+    target: OffloadTarget,
+    func: Callable[..., T],
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any],
+    limiter: Limiter | None,
+    cancel: CancelMode,
+) -> T:
+    if limiter is None:
+        return await target.submit(func, args, kwargs, cancel=cancel)
+    async with limiter:
+        return await target.submit(func, args, kwargs, cancel=cancel)
 
 
 _NO_FUNC: Any = object()  # "called with arguments only": offload(None) must still fail
