@@ -415,6 +415,37 @@ def test_idle_threads_are_retired() -> None:
     pool.shutdown()
 
 
+def test_sequential_calls_take_turns_on_two_threads() -> None:
+    # One await after another: two threads take turns (ThreadPool._put says why).
+    with ThreadPool(max_workers=8, name="turns", idle_timeout=60) as pool:
+
+        async def main() -> list[str]:
+            return [await pool.run(lambda: threading.current_thread().name) for _ in range(60)]
+
+        names = run(main)
+        assert pool.thread_count <= 3
+    counts = sorted((names.count(name) for name in set(names)), reverse=True)
+    assert len(counts) >= 2
+    assert counts[1] >= 20  # the second thread serves about half the calls, not a few
+
+
+def test_extra_threads_retire_while_sequential_calls_go_on() -> None:
+    pool = ThreadPool(max_workers=6, name="shrink", idle_timeout=0.3)
+
+    async def main() -> tuple[int, int]:
+        await asyncio.gather(*(pool.run(time.sleep, 0.05) for _ in range(6)))
+        after_burst = pool.thread_count
+        deadline = time.monotonic() + SLACK_S
+        while pool.thread_count > 2 and time.monotonic() < deadline:
+            await pool.run(time.sleep, 0.001)
+        return after_burst, pool.thread_count
+
+    after_burst, later = run(main)
+    pool.shutdown()
+    assert after_burst >= 3
+    assert later == 2  # the two threads taking turns stay, the others retired
+
+
 def test_single_thread_pool_keeps_its_thread() -> None:
     pool = ThreadPool(max_workers=1, name="pinned")
     assert pool.idle_timeout is None

@@ -7,6 +7,7 @@ Two figures per implementation, on each event loop:
 
 Implementations run interleaved, round after round (the order rotates each round), and each
 figure is the median of the rounds, so a noisy neighbour hits every implementation alike.
+Latency rounds all come before throughput rounds (see ``_measure``).
 
 Sequential latency on several CPUs is dominated by where the kernel places the woken
 worker: a wake-up across CPUs (an inter-processor interrupt, slow in a VM) costs more than
@@ -77,10 +78,15 @@ async def _measure(
         await _timing.throughput(call, 3, IN_FLIGHT)
     latency: dict[str, list[float]] = {name: [] for name in names}
     throughput: dict[str, list[float]] = {name: [] for name in names}
+    # All latency rounds first: right after a burst the scheduler keeps threads spread over
+    # CPUs for a while (measured on a 2-vCPU VM: the next 500 to 3,500 sequential calls,
+    # every implementation alike), so a latency round there would measure the aftermath
+    # of the previous implementation's burst, not sequential calls.
     for r in range(rounds):
-        order = names[r % len(names) :] + names[: r % len(names)]
-        for name in order:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             latency[name].append(await _timing.latency(impls[name], n_latency))
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             throughput[name].append(await _timing.throughput(impls[name], per_task, IN_FLIGHT))
     return (
         {n: statistics.median(v) for n, v in latency.items()},
