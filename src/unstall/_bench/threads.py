@@ -149,7 +149,7 @@ def _new_loop(kind: str) -> asyncio.AbstractEventLoop | None:
 
 def run(opts: BenchOptions) -> list[Table]:
     """Measure every implementation on every loop of ``opts.loops``; one table per loop."""
-    rounds, n_latency, per_task = (3, 300, 20) if opts.quick else (9, 2000, 150)
+    rounds, n_latency, per_task = (5, 1000, 20) if opts.quick else (9, 2000, 150)
     tables = []
     for kind in opts.loops:
         loop = _new_loop(kind)
