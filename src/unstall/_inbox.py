@@ -15,6 +15,7 @@ import asyncio
 import os
 import threading
 import weakref
+from collections import deque
 from typing import Any, Protocol
 
 
@@ -29,13 +30,17 @@ class Settleable(Protocol):
 class Inbox:
     """The pending results of one event loop."""
 
-    __slots__ = ("__weakref__", "_lock", "_pending", "loop_ref")
+    __slots__ = ("__weakref__", "_pending", "_scheduled", "loop_ref")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         # Weak: the registry maps loop -> inbox weakly, a strong ref back would pin the loop.
         self.loop_ref = weakref.ref(loop)
-        self._lock = threading.Lock()
-        self._pending: list[tuple[Settleable, bool, Any]] = []
+        self._pending: deque[tuple[Settleable, bool, Any]] = deque()
+        # A drain is scheduled and has not started yet. No lock: a worker appends its outcome
+        # before it reads the flag, and the drain clears the flag before it empties the
+        # deque, so an outcome is either seen by a drain already scheduled or schedules one
+        # (at worst two workers both schedule one; the second drain finds nothing).
+        self._scheduled = False
 
     def deliver(self, job: Settleable, ok: bool, value: Any) -> None:
         """Called by a worker thread: hand ``job``'s outcome to the loop."""
@@ -43,19 +48,17 @@ class Inbox:
         if loop is None:  # the loop is gone, and everyone who waited on it
             job.drop(ok, value)
             return
-        with self._lock:
-            pending = self._pending
-            pending.append((job, ok, value))
-            if len(pending) > 1:
-                # A drain is already scheduled, unless the loop died before running it.
-                if loop.is_closed():
-                    self._drop_pending()
-                return
+        self._pending.append((job, ok, value))
+        if self._scheduled:
+            # The scheduled drain takes this outcome, unless the loop closed before it ran.
+            if loop.is_closed():
+                self._drop_pending()
+            return
+        self._scheduled = True
         try:
             loop.call_soon_threadsafe(self._drain)
         except RuntimeError:  # the loop is closed
-            with self._lock:
-                self._drop_pending()
+            self._drop_pending()
 
     def drop_if_closed(self) -> None:
         """Drop the outcomes waiting for a loop that closed before draining them.
@@ -67,19 +70,25 @@ class Inbox:
         """
         loop = self.loop_ref()
         if loop is not None and loop.is_closed():
-            with self._lock:
-                self._drop_pending()
+            self._drop_pending()
 
     def _drop_pending(self) -> None:
-        items, self._pending = self._pending, []
-        for job, ok, value in items:
+        pending = self._pending
+        while True:
+            try:
+                job, ok, value = pending.popleft()
+            except IndexError:
+                return
             job.drop(ok, value)
 
     def _drain(self) -> None:
-        with self._lock:
-            items = self._pending
-            self._pending = []
-        for job, ok, value in items:
+        self._scheduled = False
+        pending = self._pending
+        while True:
+            try:
+                job, ok, value = pending.popleft()
+            except IndexError:
+                return
             job.settle(ok, value)
 
 

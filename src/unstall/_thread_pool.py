@@ -115,7 +115,10 @@ class _Job:
             return
         _local.call = self
         try:
-            value = self.ctx.run(self.func, *self.args, **self.kwargs)
+            if self.kwargs:
+                value = self.ctx.run(self.func, *self.args, **self.kwargs)
+            else:  # the usual case, and a little cheaper
+                value = self.ctx.run(self.func, *self.args)
             ok = True
             if type(value) is _CoroutineType:
                 value.close()
