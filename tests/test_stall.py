@@ -83,6 +83,22 @@ def test_missing_report_file(tmp_path: Path) -> None:
         Report.read(tmp_path / "absent.json")
 
 
+def test_a_coroutine_frame_round_trips_and_compares_like_any_frame() -> None:
+    plain = Frame("/app/main.py", 7, "helper", "time.sleep(3)")
+    async_frame = Frame("/app/main.py", 7, "helper", "time.sleep(3)", coroutine=True)
+    assert plain == async_frame
+    assert hash(plain) == hash(async_frame)
+    assert "coroutine" not in plain.to_dict()
+    assert Frame.from_dict(async_frame.to_dict()).coroutine is True
+    assert Frame.from_dict(plain.to_dict()).coroutine is False
+
+
+def test_fix_hint_offloads_the_call_when_the_culprit_is_an_async_helper() -> None:
+    helper = Frame("/app/main.py", 7, "helper", "time.sleep(3)", coroutine=True)
+    stall = _stall(7, 1.0).with_updates(culprit=helper)
+    assert "to_thread(time.sleep, ...)" in stall.fix_hint
+
+
 def test_fix_hint_names_the_sync_function_the_task_calls() -> None:
     stall = _stall(7, 1.0)
     assert "to_thread(slow_function, ...)" in stall.fix_hint

@@ -88,6 +88,21 @@ def test_time_sleep_in_a_task() -> None:
     assert stall.samples[0].frame == stall.culprit
 
 
+def test_blocking_inside_an_awaited_async_helper() -> None:
+    async def body() -> float:
+        return await blocking.async_helper_sleep_block(0.4)
+
+    watcher, truth = run_watched(body)
+    stall = only(watcher)
+    check(stall, truth, "async-helper-sleep", "time.sleep")
+    assert stall.culprit is not None
+    assert stall.culprit.function == "async_helper_sleep_block"
+    assert stall.culprit.coroutine
+    # The helper is async: the hint offloads the blocking call, not the helper.
+    assert "to_thread(time.sleep, ...)" in stall.fix_hint
+    assert stall.to_dict()["culprit"]["coroutine"] is True
+
+
 def test_cpu_loop_in_python() -> None:
     watcher, truth = run_watched(blocked(blocking.cpu_block, 0.4))
     stall = only(watcher)

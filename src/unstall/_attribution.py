@@ -13,7 +13,7 @@ from __future__ import annotations
 import linecache
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from unstall._sampler import Sample
 from unstall._stall import Frame, SampleCount, Stall, StallKind
@@ -104,7 +104,7 @@ def _with_code(frame: Frame) -> Frame:
     if frame.code is not None:
         return frame
     text = linecache.getline(frame.file, frame.line).strip()
-    return Frame(frame.file, frame.line, frame.function, text or None)
+    return replace(frame, code=text or None)
 
 
 def _graft(inner: tuple[Frame, ...], full: Sequence[Sample]) -> tuple[Frame, ...]:

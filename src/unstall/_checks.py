@@ -21,6 +21,11 @@ _ASYNC_CODE_FLAGS = (
 )
 
 
+def is_async_code(code: types.CodeType) -> bool:
+    """Whether ``code`` is the body of an ``async def`` (coroutine or async generator)."""
+    return bool(code.co_flags & _ASYNC_CODE_FLAGS)
+
+
 def _is_async_callable(func: object) -> bool:
     # Fast paths: this runs on every to_thread call.
     if type(func) is types.BuiltinFunctionType:

@@ -14,6 +14,7 @@ import types
 from dataclasses import dataclass
 
 from unstall._callname import call_at
+from unstall._checks import is_async_code
 from unstall._culprit import callback_start, culprit_index
 from unstall._stall import Frame
 from unstall._threadclock import ThreadClock
@@ -56,7 +57,9 @@ def frame_record(code: types.CodeType, line: int) -> Frame:
     if found is None:
         if len(_frame_cache) > 20_000:
             _frame_cache.clear()
-        found = _frame_cache[key] = Frame(code.co_filename, line, code.co_name)
+        found = _frame_cache[key] = Frame(
+            code.co_filename, line, code.co_name, coroutine=is_async_code(code)
+        )
     return found
 
 

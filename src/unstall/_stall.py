@@ -52,13 +52,17 @@ StallKind = Literal["wait", "cpu", "unknown"]
 class Frame:
     """One frame of a stack: an absolute file path, a line number and a function name.
 
-    ``code`` is the stripped source line when it could be read.
+    ``code`` is the stripped source line when it could be read. ``coroutine`` tells that the
+    frame runs the body of an ``async def`` (a coroutine or an async generator); it is
+    known for sampled frames, not for those read from a faulthandler dump, and it plays
+    no part in comparing frames.
     """
 
     file: str
     line: int
     function: str
     code: str | None = None
+    coroutine: bool = field(default=False, compare=False)
 
     @property
     def location(self) -> str:
@@ -66,7 +70,10 @@ class Frame:
         return f"{self.file}:{self.line}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"file": self.file, "line": self.line, "function": self.function, "code": self.code}
+        data = {"file": self.file, "line": self.line, "function": self.function, "code": self.code}
+        if self.coroutine:  # only when set: older readers and reports stay as they were
+            data["coroutine"] = True
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Frame:
@@ -75,6 +82,7 @@ class Frame:
             line=int(data["line"]),
             function=str(data["function"]),
             code=None if data.get("code") is None else str(data["code"]),
+            coroutine=data.get("coroutine") is True,
         )
 
 
@@ -156,7 +164,9 @@ class Stall:
         if culprit is None:
             return self.call or "the_call"
         coro_name = (self.coro or "").rsplit(".", 1)[-1]
-        if culprit.function.startswith("<") or culprit.function == coro_name:
+        if culprit.coroutine or culprit.function.startswith("<") or culprit.function == coro_name:
+            # Blocking inside async code (the task's coroutine or an async helper it
+            # awaits): offload the innermost call, the async function cannot go to a thread.
             return self.call or culprit.function
         return culprit.function
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
+from unstall._checks import is_async_code
 from unstall._stall import Frame
 from unstall._strict import BlockingCallError, BlockingCallWarning
 from unstall._strict_allow import AllowList, is_installed, is_stdlib
@@ -44,7 +45,7 @@ def _to_frame(frame: FrameType) -> Frame:
     code = frame.f_code
     line = frame.f_lineno or 0
     source = linecache.getline(code.co_filename, line).strip() or None
-    return Frame(code.co_filename, line, code.co_qualname, source)
+    return Frame(code.co_filename, line, code.co_qualname, source, coroutine=is_async_code(code))
 
 
 def site(frames: Sequence[FrameType], rule: Rule) -> FrameType | None:
