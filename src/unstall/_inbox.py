@@ -74,21 +74,20 @@ class Inbox:
 
     def _drop_pending(self) -> None:
         pending = self._pending
-        while True:
+        while pending:
             try:
                 job, ok, value = pending.popleft()
-            except IndexError:
+            except IndexError:  # another thread dropped it first
                 return
             job.drop(ok, value)
 
     def _drain(self) -> None:
         self._scheduled = False
         pending = self._pending
-        while True:
-            try:
-                job, ok, value = pending.popleft()
-            except IndexError:
-                return
+        # Only the loop's thread takes from the deque while the loop runs, so the check
+        # holds; it spares raising IndexError at the end of every drain.
+        while pending:
+            job, ok, value = pending.popleft()
             job.settle(ok, value)
 
 

@@ -429,8 +429,11 @@ class ThreadPool:
         self._woken()
         while True:
             try:
-                job = jobs.popleft()
-            except IndexError:
+                # Checked first: raising IndexError is what costs when the deque is empty.
+                job = jobs.popleft() if jobs else None
+            except IndexError:  # emptied by another thread since the check
+                job = None
+            if job is None:
                 state = self._park(me, timeout)
                 if state is _EXIT:
                     return
