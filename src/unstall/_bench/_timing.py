@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 Call = Callable[[], Awaitable[Any]]
 """A zero-argument async callable that offloads one trivial call."""
+
+
+def rotation(items: Sequence[T], round_number: int) -> list[T]:
+    """``items`` in the order of round ``round_number``: rotated by one place each round, so
+    that no implementation always runs first (or right after the same neighbour)."""
+    k = round_number % len(items)
+    return [*items[k:], *items[:k]]
 
 
 async def latency(call: Call, n: int) -> float:

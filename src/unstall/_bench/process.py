@@ -107,7 +107,7 @@ async def _speed(opts: BenchOptions, loop_name: str) -> Table:
         thr: dict[str, list[float]] = {name: [] for name in impls}
         names = list(impls)
         for r in range(rounds):
-            for name in names[r % len(names) :] + names[: r % len(names)]:
+            for name in _timing.rotation(names, r):
                 lat[name].append(await _timing.latency(impls[name], n_latency))
                 thr[name].append(await _timing.throughput(impls[name], per_task, IN_FLIGHT))
     table = Table(

@@ -83,10 +83,10 @@ async def _measure(
     # every implementation alike), so a latency round there would measure the aftermath
     # of the previous implementation's burst, not sequential calls.
     for r in range(rounds):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
+        for name in _timing.rotation(names, r):
             latency[name].append(await _timing.latency(impls[name], n_latency))
     for r in range(rounds):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
+        for name in _timing.rotation(names, r):
             throughput[name].append(await _timing.throughput(impls[name], per_task, IN_FLIGHT))
     return (
         {n: statistics.median(v) for n, v in latency.items()},
@@ -102,7 +102,7 @@ async def _latencies(rounds: int, n_latency: int) -> dict[str, float]:
         await _timing.latency(call, 50)
     samples: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
+        for name in _timing.rotation(names, r):
             samples[name].append(await _timing.latency(impls[name], n_latency))
     return {n: statistics.median(v) for n, v in samples.items()}
 

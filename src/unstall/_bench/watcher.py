@@ -28,7 +28,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import unstall
-from unstall._bench import BenchOptions
+from unstall._bench import BenchOptions, _timing
 from unstall._bench._table import Table, fmt_ratio
 
 CONSUMERS = 2_000
@@ -115,8 +115,7 @@ MODES = ("plain", "plain + idle thread", "watched", "debug")
 def _measure(kind: str, work: Workload, items: int, rounds: int) -> dict[str, float]:
     results: dict[str, list[float]] = {m: [] for m in MODES}
     for r in range(rounds):
-        order = MODES[r % len(MODES) :] + MODES[: r % len(MODES)]
-        for mode in order:
+        for mode in _timing.rotation(MODES, r):
             # Debug mode is 10x-100x slower: a tenth of the work keeps its rounds short.
             n = items // 10 if mode == "debug" else items
             results[mode].append(_run_once(kind, mode, work, n))
