@@ -20,6 +20,15 @@ __all__ = ["Watcher", "watch"]
 _log = logging.getLogger("unstall")
 
 
+def _notify(listener: Callable[[Stall], object] | None, name: str, stall: Stall) -> None:
+    if listener is None:
+        return
+    try:
+        listener(stall)
+    except BaseException:  # also SystemExit: a listener must not end the watchdog
+        _log.exception("unstall: %s callback %r failed", name, listener)
+
+
 class Watcher:
     """A running watch over one loop, or over every loop; made by :func:`watch`.
 
@@ -72,11 +81,7 @@ class Watcher:
             self.stalls.append(stall)
         if self._log:
             log_stall(stall)
-        if self._on_stall is not None:
-            try:
-                self._on_stall(stall)
-            except BaseException:  # also SystemExit: a listener must not end the watchdog
-                _log.exception("unstall: on_stall callback %r failed", self._on_stall)
+        _notify(self._on_stall, "on_stall", stall)
 
     def _take_starved(self, stall: Stall) -> None:
         stall = self._relative(stall)
@@ -93,11 +98,7 @@ class Watcher:
         stall = self._relative(stall)
         if self._log:
             log_hang(stall)
-        if self._on_hang is not None:
-            try:
-                self._on_hang(stall)
-            except BaseException:  # also SystemExit: a listener must not end the watchdog
-                _log.exception("unstall: on_hang callback %r failed", self._on_hang)
+        _notify(self._on_hang, "on_hang", stall)
 
     # -- public ---------------------------------------------------------------------------
 
