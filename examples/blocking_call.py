@@ -1,1 +1,1 @@
-../src/unstall/_demo_scripts/blocking_call.py
+../src/unstall/_cli/demo_scripts/blocking_call.py.txt

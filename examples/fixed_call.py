@@ -1,1 +1,1 @@
-../src/unstall/_demo_scripts/fixed_call.py
+../src/unstall/_cli/demo_scripts/fixed_call.py.txt

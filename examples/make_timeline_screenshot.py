@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 
 import unstall
-from unstall._html import write_html
-from unstall._trace import write_trace
+from unstall._report.html import write_html
+from unstall._report.trace import write_trace
 
 CACHE_LOCK = threading.Lock()
 

@@ -12,7 +12,7 @@ import math
 import random
 
 from unstall import Frame, LoopInfo, Report, Stall
-from unstall._stall import SampleCount
+from unstall._report.records import SampleCount
 
 MAIN_TID = 140_245_871_261_504
 WORKER_TID = 140_245_850_289_856

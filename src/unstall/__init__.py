@@ -20,17 +20,17 @@ or, with no code change: ``unstall run app.py``.
 from __future__ import annotations
 
 from unstall import from_thread
-from unstall._iterate import iterate
-from unstall._limiter import Limiter
-from unstall._metrics import enable_metrics
-from unstall._offload import offload
-from unstall._process_pool import ProcessPool, WorkerDiedError, to_process
-from unstall._stall import Frame, LoopInfo, Report, ReportError, Stall
-from unstall._strict import BlockingCallError, BlockingCallWarning, strict
-from unstall._thread_pool import ThreadPool, cancelled, to_thread
-from unstall._watcher import Watcher, watch
-
-__version__ = "0.1.0"
+from unstall._exceptions import BlockingCallError, BlockingCallWarning, ReportError, WorkerDiedError
+from unstall._offload.decorator import offload
+from unstall._offload.iterate import iterate
+from unstall._offload.limiter import Limiter
+from unstall._offload.process_pool import ProcessPool, to_process
+from unstall._offload.thread_pool import ThreadPool, cancelled, to_thread
+from unstall._report.metrics import enable_metrics
+from unstall._report.records import Frame, LoopInfo, Report, Stall
+from unstall._strict.api import strict
+from unstall._version import __version__
+from unstall._watch.watcher import Watcher, watch
 
 __all__ = [
     "BlockingCallError",

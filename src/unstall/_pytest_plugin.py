@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from unstall._stall import Stall
-    from unstall._strict import BlockingCallError
-    from unstall._watcher import Watcher
+    from unstall._exceptions import BlockingCallError
+    from unstall._report.records import Stall
+    from unstall._watch.watcher import Watcher
 
 _DEFAULT_THRESHOLD = 0.1
 _STACK_LINES = 12
@@ -71,7 +71,7 @@ class _Guard:
         self.problems.append(_Problem(self.phase, _strict_text(error, self.phase), error))
 
     def start_phase(self, phase: str) -> None:
-        from unstall._watcher import watch
+        from unstall._watch.watcher import watch
 
         self.phase = phase
         if self.settings.threshold is not None:
@@ -165,7 +165,7 @@ def _default_threshold(config: pytest.Config) -> float:
     ini = str(config.getini("unstall_threshold")).strip()
     if ini:
         return _parse_threshold(ini, "ini option unstall_threshold")
-    from unstall._config import ConfigError, project_config
+    from unstall._strict.config import ConfigError, project_config
 
     try:
         configured = project_config().threshold
@@ -250,7 +250,7 @@ def _start(item: pytest.Item) -> _Guard | None:
         return None
     guard = _Guard(settings)
     if settings.strict:
-        from unstall._strict import strict
+        from unstall._strict.api import strict
 
         try:
             policy = strict(action="raise", allow=settings.allow, _sink=guard.on_blocking)

@@ -20,8 +20,8 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import TypeVar, TypeVarTuple
 
-from unstall._checks import _is_async_callable, validate_callable
-from unstall._worker_context import current_call
+from unstall._offload.worker_context import current_call
+from unstall._util import _is_async_callable, validate_callable
 
 __all__ = ["run", "run_sync"]
 

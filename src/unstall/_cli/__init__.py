@@ -1,0 +1,2 @@
+"""The ``unstall`` command: ``main`` dispatches to ``run`` (with ``launch``), ``demo``,
+``report_cmd`` and ``bench``."""

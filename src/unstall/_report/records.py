@@ -1,0 +1,328 @@
+"""The records a watcher produces: :class:`Frame`, :class:`Stall` and :class:`Report`.
+
+These are plain data. Every output form (terminal summary, ``--json``, HTML timeline,
+Perfetto trace, metrics) is rendered from them, and a :class:`Report` round-trips
+through JSON with :meth:`Report.to_json` / :meth:`Report.from_json`.
+
+JSON format, version 1 (field names are a public contract: add fields, never rename)::
+
+    {
+      "version": 1,
+      "threshold_s": 0.1,
+      "started_at": 1764115200.0,      # wall-clock epoch seconds when watching began
+      "duration_s": 12.5,              # how long the run was watched
+      "argv": ["app.py", "--port", "80"],
+      "loops": [{"id": "...", "thread": "MainThread", "thread_id": 1, "kind": "asyncio",
+                 "lag": [[t_s, lag_s], ...]}],
+      "stalls": [
+        {"start_s": 1.25,              # seconds after started_at
+         "duration_s": 3.0,
+         "thread": "MainThread", "thread_id": 1, "loop": "...",
+         "task": "Task-2", "coro": "test1", "callback": null,
+         "culprit": {"file": "/abs/app.py", "line": 7, "function": "slow_function",
+                     "code": "time.sleep(3)"},
+         "call": "time.sleep",
+         "kind": "wait",               # "wait" | "cpu" | "unknown"
+         "stack": [{"file": "/abs/app.py", "line": 30, "function": "<module>"}, ...],
+         "samples": [{"file": "...", "line": 7, "function": "slow_function", "count": 29}],
+         "sample_count": 30,
+         "ongoing": false,
+         "method": "sampler"}
+      ]
+    }
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from unstall._exceptions import ReportError
+
+__all__ = ["Frame", "LoopInfo", "Report", "Stall", "StallKind"]
+
+REPORT_VERSION = 1
+
+StallKind = Literal["wait", "cpu", "unknown"]
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One frame of a stack: an absolute file path, a line number and a function name.
+
+    ``code`` is the stripped source line when it could be read. ``coroutine`` tells that the
+    frame runs the body of an ``async def`` (a coroutine or an async generator); it is
+    known for sampled frames, not for those read from a faulthandler dump, and it plays
+    no part in comparing frames.
+    """
+
+    file: str
+    line: int
+    function: str
+    code: str | None = None
+    coroutine: bool = field(default=False, compare=False)
+
+    @property
+    def location(self) -> str:
+        """``file:line``, the form editors and terminals make clickable."""
+        return f"{self.file}:{self.line}"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {"file": self.file, "line": self.line, "function": self.function, "code": self.code}
+        if self.coroutine:  # only when set: older readers and reports stay as they were
+            data["coroutine"] = True
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Frame:
+        return cls(
+            file=str(data["file"]),
+            line=int(data["line"]),
+            function=str(data["function"]),
+            code=None if data.get("code") is None else str(data["code"]),
+            coroutine=data.get("coroutine") is True,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SampleCount:
+    """How many watchdog samples fell on one line of the culprit's stack."""
+
+    frame: Frame
+    count: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.frame.to_dict(), "count": self.count}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SampleCount:
+        return cls(frame=Frame.from_dict(data), count=int(data["count"]))
+
+
+@dataclass(frozen=True, slots=True)
+class Stall:
+    """One period during which an event loop ran a single callback for too long.
+
+    Attributes:
+        start_s: When the stall began, in seconds after the watcher started.
+        duration_s: How long the loop was blocked (so far, when ``ongoing``).
+        thread: Name of the thread running the loop.
+        thread_id: ``threading.get_ident()`` of that thread.
+        loop: A short description of the loop (class and id).
+        task: Name of the task that was running, or ``None`` outside a task.
+        coro: Qualified name of that task's coroutine.
+        callback: Description of the callback, when the stall happened outside a task.
+        culprit: The frame of the user's own code where the stall spent its time.
+        call: The innermost call, e.g. ``"time.sleep"`` or ``"socket.socket.recv"``.
+        kind: ``"wait"`` (sleep, I/O, locks, subprocesses), ``"cpu"`` (Python or C code
+            computing) or ``"unknown"``; it decides the fix hint.
+        stack: The loop thread's stack, outermost frame first.
+        samples: Where the watchdog's samples fell, most frequent first.
+        sample_count: How many samples were taken during the stall.
+        ongoing: ``True`` while the stall still lasts (a hang being reported live).
+        method: How the stack was obtained (``"sampler"`` or ``"faulthandler"``).
+    """
+
+    start_s: float
+    duration_s: float
+    thread: str
+    thread_id: int
+    loop: str
+    task: str | None = None
+    coro: str | None = None
+    callback: str | None = None
+    culprit: Frame | None = None
+    call: str | None = None
+    kind: StallKind = "unknown"
+    stack: tuple[Frame, ...] = ()
+    samples: tuple[SampleCount, ...] = ()
+    sample_count: int = 0
+    ongoing: bool = False
+    method: str = "sampler"
+
+    def with_updates(self, **changes: Any) -> Stall:
+        """Return a copy with some fields changed."""
+        return replace(self, **changes)
+
+    @property
+    def fix_hint(self) -> str:
+        """One line telling how to move this work off the loop.
+
+        CPU work goes to a process, waiting to a thread. When the culprit is a plain
+        function the task calls (not the coroutine itself), offloading that whole
+        function is the better advice than offloading the innermost call inside it.
+        """
+        what = self._offload_candidate()
+        if self.kind == "cpu":
+            return f"CPU work: run it in a process with `await unstall.to_process({what}, ...)`"
+        return f"blocking wait: run it in a thread with `await unstall.to_thread({what}, ...)`"
+
+    def _offload_candidate(self) -> str:
+        culprit = self.culprit
+        if culprit is None:
+            return self.call or "the_call"
+        coro_name = (self.coro or "").rsplit(".", 1)[-1]
+        if culprit.coroutine or culprit.function.startswith("<") or culprit.function == coro_name:
+            # Blocking inside async code (the task's coroutine or an async helper it
+            # awaits): offload the innermost call, the async function cannot go to a thread.
+            return self.call or culprit.function
+        return culprit.function
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "start_s": round(self.start_s, 6),
+            "duration_s": round(self.duration_s, 6),
+            "thread": self.thread,
+            "thread_id": self.thread_id,
+            "loop": self.loop,
+            "task": self.task,
+            "coro": self.coro,
+            "callback": self.callback,
+            "culprit": None if self.culprit is None else self.culprit.to_dict(),
+            "call": self.call,
+            "kind": self.kind,
+            "stack": [f.to_dict() for f in self.stack],
+            "samples": [s.to_dict() for s in self.samples],
+            "sample_count": self.sample_count,
+            "ongoing": self.ongoing,
+            "method": self.method,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Stall:
+        culprit = data.get("culprit")
+        kind = data.get("kind", "unknown")
+        return cls(
+            start_s=float(data["start_s"]),
+            duration_s=float(data["duration_s"]),
+            thread=str(data.get("thread", "?")),
+            thread_id=int(data.get("thread_id", 0)),
+            loop=str(data.get("loop", "?")),
+            task=data.get("task"),
+            coro=data.get("coro"),
+            callback=data.get("callback"),
+            culprit=None if culprit is None else Frame.from_dict(culprit),
+            call=data.get("call"),
+            kind=kind if kind in ("wait", "cpu") else "unknown",
+            stack=tuple(Frame.from_dict(f) for f in data.get("stack", ())),
+            samples=tuple(SampleCount.from_dict(s) for s in data.get("samples", ())),
+            sample_count=int(data.get("sample_count", 0)),
+            ongoing=bool(data.get("ongoing", False)),
+            method=str(data.get("method", "sampler")),
+        )
+
+
+@dataclass(slots=True)
+class LoopInfo:
+    """One watched event loop and the lag its heartbeat measured over time."""
+
+    id: str
+    thread: str
+    thread_id: int
+    kind: str = "asyncio"
+    lag: list[tuple[float, float]] = field(default_factory=list)
+    """``(t_s, lag_s)`` pairs: seconds after the watcher started, and how late the heartbeat was."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "thread": self.thread,
+            "thread_id": self.thread_id,
+            "kind": self.kind,
+            "lag": [[round(t, 6), round(lag, 6)] for t, lag in self.lag],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LoopInfo:
+        return cls(
+            id=str(data["id"]),
+            thread=str(data.get("thread", "?")),
+            thread_id=int(data.get("thread_id", 0)),
+            kind=str(data.get("kind", "asyncio")),
+            lag=[(float(t), float(v)) for t, v in data.get("lag", ())],
+        )
+
+
+@dataclass(slots=True)
+class Report:
+    """Everything one watched run produced: its stalls and its loops' lag."""
+
+    threshold_s: float
+    stalls: list[Stall] = field(default_factory=list)
+    loops: list[LoopInfo] = field(default_factory=list)
+    started_at: float = 0.0
+    duration_s: float = 0.0
+    argv: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": REPORT_VERSION,
+            "threshold_s": self.threshold_s,
+            "started_at": self.started_at,
+            "duration_s": round(self.duration_s, 6),
+            "argv": list(self.argv),
+            "loops": [loop.to_dict() for loop in self.loops],
+            "stalls": [s.to_dict() for s in self.stalls],
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def write(self, path: str | os.PathLike[str]) -> None:
+        """Write the report as JSON, atomically (a reader never sees half a file)."""
+        target = Path(path)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        tmp.write_text(self.to_json(), encoding="utf-8")
+        os.replace(tmp, target)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Report:
+        if not isinstance(data, Mapping) or "stalls" not in data:
+            raise ReportError("not an unstall report (no 'stalls' field)")
+        version = data.get("version")
+        if version != REPORT_VERSION:
+            raise ReportError(f"unsupported report version {version!r} (expected {REPORT_VERSION})")
+        try:
+            return cls(
+                threshold_s=float(data.get("threshold_s", 0.0)),
+                stalls=[Stall.from_dict(s) for s in data["stalls"]],
+                loops=[LoopInfo.from_dict(lp) for lp in data.get("loops", ())],
+                started_at=float(data.get("started_at", 0.0)),
+                duration_s=float(data.get("duration_s", 0.0)),
+                argv=[str(a) for a in data.get("argv", ())],
+            )
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise ReportError(f"malformed unstall report: {exc}") from None
+
+    @classmethod
+    def from_json(cls, text: str) -> Report:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ReportError(f"not valid JSON: {exc}") from None
+        return cls.from_dict(data)
+
+    @classmethod
+    def read(cls, path: str | os.PathLike[str]) -> Report:
+        """Read a report saved with ``--json``; raises :class:`ReportError` on any problem."""
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ReportError(f"cannot read {os.fspath(path)!r}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise ReportError(f"{os.fspath(path)!r} is not a text file") from None
+        return cls.from_json(text)
+
+
+def group_by_culprit(stalls: Iterable[Stall]) -> list[tuple[Frame | None, list[Stall]]]:
+    """Group stalls by culprit line, the group with the most total time first."""
+    groups: dict[tuple[str, int] | None, list[Stall]] = {}
+    for stall in stalls:
+        key = None if stall.culprit is None else (stall.culprit.file, stall.culprit.line)
+        groups.setdefault(key, []).append(stall)
+    ordered = sorted(groups.values(), key=lambda g: -sum(s.duration_s for s in g))
+    return [(g[0].culprit, g) for g in ordered]

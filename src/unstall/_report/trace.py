@@ -1,0 +1,164 @@
+"""A :class:`~unstall.Report` as a Chrome Trace Event Format file, for Perfetto and chrome://tracing.
+
+The object form is used (``{"traceEvents": [...], "displayTimeUnit": "ms"}``). Each loop
+thread becomes a track named by a ``thread_name`` metadata event; each stall is a
+complete event (``"ph": "X"``) on its thread's track, named ``function (file:line)``
+after its culprit; each loop's lag is a counter (``"ph": "C"``). Times are microseconds
+after the watcher started; the wall-clock start is kept in ``otherData``.
+
+Python thread idents (``threading.get_ident()``, e.g. 140245871261504) do not fit the
+32 bits Perfetto keeps for a ``tid``: it merges such threads into one track
+(google/perfetto#522, #886). So each thread gets a small ``tid`` (1, 2, ... in lane
+order, never 0) and its ident is kept in the stall's ``args["thread_id"]``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from unstall._report.records import Report, Stall
+
+__all__ = ["render_trace", "stall_name", "write_trace"]
+
+PID = 1
+"""Every event belongs to one process: the watched program."""
+
+
+def _us(seconds: float) -> float:
+    return round(seconds * 1_000_000, 3)
+
+
+def stall_name(stall: Stall) -> str:
+    """``function (file:line)`` for the culprit, with the file's base name."""
+    if stall.culprit is None:
+        return f"stall in {stall.call or 'unknown code'}"
+    c = stall.culprit
+    return f"{c.function} ({os.path.basename(c.file)}:{c.line})"
+
+
+Tids = dict[int, tuple[int, str]]
+
+
+def _tids(report: Report) -> Tids:
+    """Thread ident -> (small tid, track name), the main thread first."""
+    names: dict[int, str] = {}
+    for loop in sorted(report.loops, key=lambda lp: lp.thread != "MainThread"):
+        names.setdefault(loop.thread_id, f"{loop.thread} ({loop.kind} loop)")
+    for stall in report.stalls:
+        names.setdefault(stall.thread_id, stall.thread)
+    return {ident: (i, name) for i, (ident, name) in enumerate(names.items(), start=1)}
+
+
+def _stall_event(stall: Stall, tid: int) -> dict[str, Any]:
+    culprit = stall.culprit
+    args: dict[str, Any] = {
+        "culprit": None if culprit is None else culprit.location,
+        "code": None if culprit is None else culprit.code,
+        "call": stall.call,
+        "kind": stall.kind,
+        "task": stall.task,
+        "coro": stall.coro,
+        "callback": stall.callback,
+        "loop": stall.loop,
+        "thread": stall.thread,
+        "thread_id": stall.thread_id,
+        "duration_ms": round(stall.duration_s * 1000, 3),
+        "ongoing": stall.ongoing,
+        "fix": stall.fix_hint,
+        # innermost frame first, as tracebacks are read bottom-up in a viewer's args panel
+        "stack": [f"{f.function} ({f.location})" for f in reversed(stall.stack)],
+    }
+    return {
+        "name": ("HANG " if stall.ongoing else "") + stall_name(stall),
+        "cat": f"stall,{stall.kind}" + (",ongoing" if stall.ongoing else ""),
+        "ph": "X",
+        "ts": _us(stall.start_s),
+        "dur": _us(stall.duration_s),
+        "pid": PID,
+        "tid": tid,
+        "args": args,
+    }
+
+
+def _metadata(report: Report, tids: Tids) -> list[dict[str, Any]]:
+    program = " ".join(report.argv) or "python"
+    events: list[dict[str, Any]] = [
+        {
+            "name": "process_name",
+            "ph": "M",
+            "pid": PID,
+            "tid": 0,
+            "args": {"name": f"unstall: {program}"},
+        }
+    ]
+    for tid, name in tids.values():
+        events.append(
+            {"name": "thread_name", "ph": "M", "pid": PID, "tid": tid, "args": {"name": name}}
+        )
+        events.append(
+            {
+                "name": "thread_sort_index",
+                "ph": "M",
+                "pid": PID,
+                "tid": tid,
+                "args": {"sort_index": tid},
+            }
+        )
+    return events
+
+
+def _lag_events(report: Report, tids: Tids) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = []
+    for loop in report.loops:
+        name = f"loop lag: {loop.thread}"
+        for t, lag in loop.lag:
+            events.append(
+                {
+                    "name": name,
+                    "ph": "C",
+                    "ts": _us(t),
+                    "pid": PID,
+                    "tid": tids[loop.thread_id][0],
+                    "args": {"lag_ms": round(lag * 1000, 3)},
+                }
+            )
+    return events
+
+
+def render_trace(report: Report) -> dict[str, Any]:
+    """Build the trace as a JSON-ready dict (see the module docstring for its layout)."""
+    tids = _tids(report)
+    events = _metadata(report, tids) + _lag_events(report, tids)
+    events += [_stall_event(s, tids[s.thread_id][0]) for s in report.stalls]
+    return {
+        "traceEvents": events,
+        "displayTimeUnit": "ms",
+        "otherData": {
+            "producer": "unstall",
+            "started_at": report.started_at,
+            "duration_s": report.duration_s,
+            "threshold_s": report.threshold_s,
+            "argv": " ".join(report.argv),
+        },
+    }
+
+
+def write_trace(report: Report, path: str | os.PathLike[str]) -> None:
+    """Write the trace to ``path`` atomically.
+
+    Raises:
+        OSError: the file cannot be written.
+    """
+    _write_atomic(Path(path), json.dumps(render_trace(report), separators=(",", ":")))
+
+
+def _write_atomic(target: Path, text: str) -> None:
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)

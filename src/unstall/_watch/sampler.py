@@ -1,0 +1,158 @@
+"""Take one sample of a loop thread's stack from the watchdog thread.
+
+A sample keeps plain data only (no frame objects), so a stall's samples never keep the
+loop's locals alive: the stack outermost first, which frame is the culprit, the call it is
+making, which callback is running (to tell two callbacks apart in one loop iteration), the
+running task and the thread's CPU clock (to tell waiting from computing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import types
+from dataclasses import dataclass
+
+from unstall._report.records import Frame
+from unstall._util import is_async_code
+from unstall._watch.callname import call_at
+from unstall._watch.culprit import callback_start, culprit_index
+from unstall._watch.threadclock import ThreadClock
+
+__all__ = ["Sample", "capture", "frame_record"]
+
+_frame_cache: dict[tuple[types.CodeType, int], Frame] = {}
+
+
+@dataclass(slots=True)
+class Sample:
+    """One look at a loop thread's stack, taken at monotonic time ``t``."""
+
+    t: float
+    frames: tuple[Frame, ...]
+    """Outermost first."""
+    culprit: int
+    """Index of the culprit in ``frames``; ``-1`` when the stack is empty."""
+    call: str | None = None
+    root: int | None = None
+    """Identity of the running callback (its task, handle or first frame); ``None`` if unknown."""
+    anchor: object = None
+    """The object ``root`` is the id of, kept alive so that the id is not reused meanwhile."""
+    task: str | None = None
+    coro: str | None = None
+    callback: str | None = None
+    cpu: float | None = None
+    """The thread's busy seconds (:class:`ThreadClock`) at ``t``."""
+    method: str = "sampler"
+    truncated: bool = False
+    """The stack lost its outer frames (faulthandler keeps the innermost 100)."""
+    gil: bool = False
+    """The thread was waiting for the GIL: blocked in ``futex`` outside any lock call."""
+
+
+def frame_record(code: types.CodeType, line: int) -> Frame:
+    """A :class:`Frame` for ``code`` at ``line``, shared between samples."""
+    key = (code, line)
+    found = _frame_cache.get(key)
+    if found is None:
+        if len(_frame_cache) > 20_000:
+            _frame_cache.clear()
+        found = _frame_cache[key] = Frame(
+            code.co_filename, line, code.co_name, coroutine=is_async_code(code)
+        )
+    return found
+
+
+def capture(
+    thread_id: int, loop: asyncio.AbstractEventLoop, clock: ThreadClock, now: float
+) -> Sample | None:
+    """Sample the stack of thread ``thread_id``; ``None`` if the thread is gone."""
+    top = sys._current_frames().get(thread_id)
+    if top is None:
+        return None
+    # First, before anything releases the GIL (reading files does) and lets the thread run.
+    futex = clock.in_futex()
+    chain: list[types.FrameType] = []
+    f: types.FrameType | None = top
+    while f is not None:
+        chain.append(f)
+        f = f.f_back
+    del top, f
+    chain.reverse()
+    # Read every position first: naming the call reads source files, which releases the
+    # GIL, and the loop thread may move on meanwhile.
+    lastis = [fr.f_lasti for fr in chain]
+    frames = tuple(frame_record(fr.f_code, fr.f_lineno or 0) for fr in chain)
+    files = [fr.file for fr in frames]
+    start = callback_start(files, [fr.function for fr in frames])
+    index = culprit_index(files, start)
+    sample = Sample(now, frames, index)
+    try:
+        sample.call = call_at(chain[index], lastis[index]) if index >= 0 else None
+    except Exception:  # naming the call is best effort: never break sampling
+        sample.call = None
+    _describe_running(sample, loop, chain, start)
+    sample.cpu = clock.read()
+    if futex:
+        sample.gil = not _waits_on_a_lock(
+            chain[-1], lastis[-1], sample.call, index == len(chain) - 1
+        )
+    return sample
+
+
+# A thread blocked in futex is waiting for a lock, a condition... or for the GIL, which the
+# watchdog holds while it samples. What the innermost frame is doing tells them apart.
+_LOCK_CALLS = (
+    "_thread.",
+    "threading.",
+    "queue.",
+    "_queue.",
+    "concurrent.futures.",
+    "multiprocessing.",
+)
+_LOCK_FILES = ("threading.py", "queue.py", "_base.py", "synchronize.py", "connection.py")
+
+
+def _waits_on_a_lock(
+    frame: types.FrameType, lasti: int, culprit_call: str | None, culprit_is_innermost: bool
+) -> bool:
+    if frame.f_code.co_filename.endswith(_LOCK_FILES):
+        return True
+    try:
+        call = culprit_call if culprit_is_innermost else call_at(frame, lasti)
+    except Exception:
+        return True  # unknown: not claimed as a GIL wait
+    # Not in a call at all: it runs Python, so it waits for the GIL to go on.
+    return call is not None and call.startswith(_LOCK_CALLS)
+
+
+def _describe_running(
+    sample: Sample, loop: asyncio.AbstractEventLoop, chain: list[types.FrameType], start: int
+) -> None:
+    try:
+        task = asyncio.current_task(loop)
+    except Exception:
+        task = None
+    if task is not None:
+        sample.root, sample.anchor = id(task), task
+        sample.task = task.get_name()
+        coro = task.get_coro()
+        sample.coro = getattr(coro, "__qualname__", None) or type(coro).__qualname__
+        return
+    if start > 0 and chain[start - 1].f_code.co_name == "_run":
+        handle = chain[start - 1].f_locals.get("self")
+        if isinstance(handle, asyncio.Handle):
+            sample.root, sample.anchor = id(handle), handle
+            sample.callback = _handle_repr(handle)
+            return
+    if start < len(chain):
+        sample.root, sample.anchor = id(chain[start]), chain[start]
+        code = chain[start].f_code
+        sample.callback = f"{code.co_qualname}() at {code.co_filename}:{code.co_firstlineno}"
+
+
+def _handle_repr(handle: asyncio.Handle) -> str:
+    try:
+        return repr(handle)
+    except Exception:
+        return object.__repr__(handle)

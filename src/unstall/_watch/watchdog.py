@@ -1,0 +1,444 @@
+"""The one watchdog thread shared by every watcher and every watched loop.
+
+Every few milliseconds it looks at each running loop's probe. While a loop iteration has
+lasted more than half the threshold it samples that loop thread's stack; when the loop
+side reports the iteration's end, the samples become :class:`Stall` records, handed to the
+watchers that want them. A stall still going on is reported as it lasts (``on_hang``).
+Faulthandler dumps (see :mod:`unstall._watch.faultdump`) join the samples when the watchdog was
+kept from running by C code holding the GIL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from unstall._report import feed as _events
+from unstall._report.records import LoopInfo, Stall
+from unstall._watch import faultdump as _faultdump
+from unstall._watch import loop_hooks as _loop_hooks
+from unstall._watch.attribution import CPU_RATIO, LoopMeta, build_stall, split_by_callback
+from unstall._watch.probe import LoopProbe, Reading
+from unstall._watch.sampler import Sample, capture
+from unstall._watch.starvation import busy_share, reading_before, starved_by
+
+__all__ = ["Monitor", "Subscription", "monitor"]
+
+_log = logging.getLogger("unstall")
+_monotonic = time.monotonic
+_process_time = time.process_time
+SAMPLE_EVERY_S = 0.005
+HANG_EVERY_S = 1.0
+
+
+@dataclass
+class _Track:
+    """Samples of the loop iteration the watchdog is looking at."""
+
+    key: float
+    start: float
+    samples: list[Sample] = field(default_factory=list)
+    hang_at: float | None = None
+    handoffs: float = 0.0
+    """Seconds the watchdog took to take the GIL from the loop thread, to sample it."""
+
+
+Delivery = tuple[Callable[[Stall], None], Stall]
+
+
+@dataclass(eq=False)
+class Subscription:
+    """What one watcher asks of the watchdog: which loops, from what duration, and where
+    to hand what it finds. :class:`~unstall.Watcher` makes one and passes its own methods.
+
+    The callbacks run on the watchdog thread (or on the thread calling ``remove``), with
+    stalls timed from the process's monotonic clock; :meth:`relative` re-times a stall
+    from ``origin``.
+    """
+
+    loop: asyncio.AbstractEventLoop | None
+    threshold: float
+    origin: float
+    on_stall: Callable[[Stall], None]
+    on_starved: Callable[[Stall], None]
+    on_hang: Callable[[Stall], None]
+
+    def wants(self, loop: asyncio.AbstractEventLoop) -> bool:
+        return self.loop is None or self.loop is loop
+
+    def relative(self, stall: Stall) -> Stall:
+        return stall.with_updates(start_s=max(stall.start_s - self.origin, 0.0))
+
+
+class Monitor:
+    """Owns the probes, the watchdog thread and the list of active watchers."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._watchers: list[Subscription] = []
+        self._probes: dict[int, LoopProbe] = {}
+        # Loops that stopped running: their lag series, without keeping the loop alive.
+        self._retired: deque[tuple[int, LoopProbe]] = deque(maxlen=256)
+        self._tracks: dict[int, _Track] = {}
+        self._thread: threading.Thread | None = None
+        self._stop_event = threading.Event()
+        self.threshold = 0.1
+        # When the watchdog held the GIL (its polls): the loop may have waited for it.
+        self._polls: deque[tuple[float, float]] = deque(maxlen=512)
+        self._due = 0.0
+        self._woke_late = 0.0
+
+    # -- watchers ------------------------------------------------------------------------
+
+    def add(self, watcher: Subscription) -> None:
+        _loop_hooks.install()
+        with self._lock:
+            self._watchers.append(watcher)
+            self._retune()
+            _loop_hooks.set_listener(self._on_loop)
+            if self._thread is None:
+                self._stop_event = threading.Event()
+                self._thread = threading.Thread(
+                    target=self._run, args=(self._stop_event,), name="unstall-watchdog", daemon=True
+                )
+                self._thread.start()
+        target = watcher.loop
+        if target is None:
+            for loop in _loop_hooks.running_loops():
+                self._attach_running(loop)
+        else:
+            self._attach_running(target)
+
+    def remove(self, watcher: Subscription) -> None:
+        """Finish what is pending for ``watcher`` and stop watching for it."""
+        self.flush(final_for=watcher)
+        thread = None
+        with self._lock:
+            if watcher in self._watchers:
+                self._watchers.remove(watcher)
+            self._retune()
+            for key, probe in list(self._probes.items()):
+                if not self._wanted(probe.loop):
+                    self._detach(probe)
+                    del self._probes[key]
+                    self._tracks.pop(key, None)
+            if not self._watchers:
+                _loop_hooks.set_listener(None)
+                thread, self._thread = self._thread, None
+                self._stop_event.set()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+        if thread is not None:
+            _faultdump.disarm()
+
+    def _retune(self) -> None:
+        if self._watchers:
+            self.threshold = min(w.threshold for w in self._watchers)
+        for probe in self._probes.values():
+            probe.set_threshold(self.threshold)
+
+    def _wanted(self, loop: asyncio.AbstractEventLoop) -> bool:
+        return any(w.loop is None or w.loop is loop for w in self._watchers)
+
+    # -- loops ---------------------------------------------------------------------------
+
+    def _attach_running(self, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            current = asyncio.get_running_loop()
+        except RuntimeError:
+            current = None
+        if current is loop:
+            self._start_probe(loop, mid_iteration=True)
+        elif loop.is_running():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._start_probe, loop, True)
+
+    def _on_loop(self, loop: asyncio.AbstractEventLoop, started: bool) -> None:
+        if started:
+            self._start_probe(loop, mid_iteration=False)
+            return
+        with self._lock:
+            probe = self._probes.get(id(loop))
+            if probe is not None and probe.loop is loop:
+                probe.stop_running()
+                probe.retiring = True
+
+    def _start_probe(self, loop: asyncio.AbstractEventLoop, mid_iteration: bool) -> None:
+        with self._lock:
+            if not self._wanted(loop):
+                return
+            probe = self._probes.get(id(loop))
+            if probe is None or probe.loop is not loop:
+                probe = self._probes[id(loop)] = LoopProbe(loop, self.threshold)
+            probe.retiring = False
+            probe.start(mid_iteration)
+            # Arm the faulthandler timer now: the loop may enter C code holding the GIL
+            # before the watchdog thread runs again.
+            self._merge_dumps(_faultdump.tick(_monotonic(), True, self.threshold))
+
+    def _detach(self, probe: LoopProbe) -> None:
+        probe.unwrap()
+        loop = probe.loop
+        if not probe.running:
+            return
+        if threading.get_ident() == probe.thread_id:
+            probe.cancel_beat()
+            return
+        with contextlib.suppress(RuntimeError):  # closed meanwhile: nothing to cancel
+            loop.call_soon_threadsafe(probe.cancel_beat)
+
+    def loops_for(self, watcher: Subscription) -> list[LoopInfo]:
+        """Every loop ``watcher`` saw run (within the last 256 stopped), oldest first."""
+        since = watcher.origin
+        with self._lock:
+            found = [(key, p) for key, p in self._retired] + list(self._probes.items())
+        infos: dict[str, LoopInfo] = {}
+        for key, probe in found:
+            if watcher.loop is not None and id(watcher.loop) != key:
+                continue
+            if probe.retired_at is not None and probe.retired_at < since:
+                continue  # stopped before this watcher began: not one it saw run
+            info = probe.info(since)
+            if info.id in infos:  # the same loop run again: one series
+                infos[info.id].lag.extend(info.lag)
+            else:
+                infos[info.id] = info
+        return list(infos.values())
+
+    def _retire(self, key: int, probe: LoopProbe) -> None:
+        probe.unwrap()
+        del self._probes[key]
+        self._tracks.pop(key, None)
+        probe.loop = None  # type: ignore[assignment]  # let the loop be collected
+        probe.retired_at = _monotonic()
+        self._retired.append((key, probe))
+
+    # -- the watchdog --------------------------------------------------------------------
+
+    def _run(self, stop: threading.Event) -> None:
+        self._due = _monotonic()
+        while not stop.is_set():
+            began = _monotonic()
+            # How long waking up took the watchdog: a loop thread it made give up the GIL
+            # slept meanwhile (a handoff the loop's code did not ask for).
+            self._woke_late = max(began - self._due, 0.0)
+            try:
+                sampling = self.poll()
+            except BaseException:  # no bug may end the one watchdog of the process
+                _log.exception("unstall: watchdog error")
+                sampling = False
+            self._polls.append((began, _monotonic()))
+            pause = SAMPLE_EVERY_S if sampling else min(self.threshold / 4, 0.025)
+            self._due = _monotonic() + pause
+            stop.wait(pause)
+
+    def _held(self, start: float, end: float) -> float:
+        """Seconds within ``[start, end]`` the watchdog spent polling, holding the GIL."""
+        total = 0.0
+        for lo, hi in list(self._polls):
+            if hi > start and lo < end:
+                total += min(hi, end) - max(lo, start)
+        return total
+
+    def poll(self) -> bool:
+        """One look at every loop; returns whether a loop is being sampled."""
+        deliveries: list[Delivery] = []
+        sampling = False
+        with self._lock:
+            now = _monotonic()
+            active = any(p.running for p in self._probes.values())
+            dumps = _faultdump.tick(now, active and self._watchers != [], self.threshold)
+            if dumps:
+                self._merge_dumps(dumps)
+            for key, probe in list(self._probes.items()):
+                sampling = self._poll_probe(key, probe, now, deliveries) or sampling
+                if probe.retiring and not probe.running and not probe.finished:
+                    self._retire(key, probe)
+        self._deliver(deliveries)
+        return sampling
+
+    def flush(self, final_for: Subscription | None = None) -> None:
+        """Turn every finished iteration into stalls now (used by ``Watcher.stop``).
+
+        When ``final_for`` stops from inside a loop it watches, the iteration running there
+        is the one calling ``stop()``: it is closed as a stall too if long enough.
+        """
+        deliveries: list[Delivery] = []
+        with self._lock:
+            now = _monotonic()
+            me = threading.get_ident()
+            for key, probe in list(self._probes.items()):
+                if (
+                    final_for is not None
+                    and probe.thread_id == me
+                    and probe.running
+                    and final_for.wants(probe.loop)
+                ):
+                    probe.cut(now)
+                self._poll_probe(key, probe, now, deliveries, sample=False)
+                if probe.retiring and not probe.running and not probe.finished:
+                    self._retire(key, probe)
+        self._deliver(deliveries)
+
+    def _poll_probe(
+        self,
+        key: int,
+        probe: LoopProbe,
+        now: float,
+        deliveries: list[Delivery],
+        sample: bool = True,
+    ) -> bool:
+        busy = probe.busy(now)
+        track = self._tracks.get(key)
+        while probe.finished:
+            it_key, start, end, after = probe.finished.popleft()
+            samples, handoffs = [], 0.0
+            if track is not None and track.key == it_key:
+                samples, handoffs = track.samples, track.handoffs
+                track = None
+                self._tracks.pop(key, None)
+            before = reading_before(probe.readings, start)
+            held = self._held(start, end) + handoffs
+            starved = starved_by(samples, start, end, before, after, self.threshold, held)
+            # Only over a bracket close to the iteration: idle time before would dilute it.
+            tight = before is not None and start - before.t <= self.threshold / 2
+            share = busy_share(before, after) if tight else None
+            self._finish(probe, samples, start, end, deliveries, starved, share)
+        if track is not None and (busy is None or busy[0] != track.key):
+            self._tracks.pop(key, None)  # that iteration ended below the threshold
+            track = None
+        if busy is None or not sample:
+            if sample and probe.running:
+                probe.want_reading()  # a reading taken before the next long iteration
+            return False
+        if not probe.loop.is_running():
+            # It stopped without telling us (a uvloop loop started before the hook was
+            # installed): no heartbeat will come, which is not a hang.
+            probe.running, probe.retiring = False, True
+            self._tracks.pop(key, None)
+            return False
+        it_key, start = busy
+        if now - start < self.threshold / 2:
+            probe.want_reading()
+            return False
+        if track is None:
+            track = self._tracks[key] = _Track(it_key, start)
+        # A long hang is sampled less and less often (every 1/200 of its age), so its
+        # samples grow with the log of its duration; weighting by time keeps them fair.
+        last = track.samples[-1].t if track.samples else None
+        if last is None or now - last >= (now - start) / 200:
+            taken = capture(probe.thread_id, probe.loop, probe.clock, now)
+            again = probe.busy(_monotonic())
+            if taken is not None and again is not None and again[0] == it_key:
+                track.samples.append(taken)
+                if taken.gil:
+                    track.handoffs += self._woke_late
+        if (
+            now - start >= self.threshold
+            and (track.hang_at is None or now - track.hang_at >= HANG_EVERY_S)
+            and not self._starved_so_far(probe, track, now)
+        ):
+            track.hang_at = now
+            self._hang(probe, track, now, deliveries)
+        return True
+
+    def _meta(self, probe: LoopProbe) -> LoopMeta:
+        return LoopMeta(loop=probe.id, thread=probe.thread, thread_id=probe.thread_id)
+
+    def _starved_so_far(self, probe: LoopProbe, track: _Track, now: float) -> bool:
+        """Whether the iteration going on is, so far, the loop kept from running."""
+        stat = probe.clock.stat()
+        if stat is None:
+            return False
+        # Read from here, a wait still going on is not counted yet: this errs on the side
+        # of reporting the hang.
+        after = Reading(now, stat[0], stat[1], _process_time())
+        before = reading_before(probe.readings, track.start)
+        held = self._held(track.start, now) + track.handoffs
+        return (
+            starved_by(track.samples, track.start, now, before, after, self.threshold, held)
+            is not None
+        )
+
+    def _finish(
+        self,
+        probe: LoopProbe,
+        samples: list[Sample],
+        start: float,
+        end: float,
+        deliveries: list[Delivery],
+        starved: str | None = None,
+        busy: float | None = None,
+    ) -> None:
+        meta = self._meta(probe)
+        first = True
+        for lo, hi, part in split_by_callback(samples, start, end):
+            if hi - lo < self.threshold:
+                continue
+            stall = build_stall(part, lo, hi, meta)
+            if stall.kind == "unknown" and busy is not None:
+                # Too few samples to tell: the loop thread's own counters over the iteration.
+                stall = stall.with_updates(kind="cpu" if busy >= CPU_RATIO else "wait")
+            if starved is not None:
+                # Not the program's doing: kept apart, neither logged nor called back.
+                stall = stall.with_updates(culprit=None, call=starved, kind="unknown")
+                for watcher in self._watchers:
+                    if watcher.wants(probe.loop) and stall.duration_s >= watcher.threshold:
+                        deliveries.append((watcher.on_starved, stall))
+                continue
+            for watcher in self._watchers:
+                if watcher.wants(probe.loop) and stall.duration_s >= watcher.threshold:
+                    deliveries.append((watcher.on_stall, stall))
+                    if first:
+                        deliveries.append((_emit, watcher.relative(stall)))
+                        first = False
+
+    def _hang(
+        self, probe: LoopProbe, track: _Track, now: float, deliveries: list[Delivery]
+    ) -> None:
+        pieces = split_by_callback(track.samples, track.start, now)
+        lo, hi, part = pieces[-1]
+        stall = build_stall(part, lo, hi, self._meta(probe), ongoing=True)
+        for watcher in self._watchers:
+            if watcher.wants(probe.loop) and stall.duration_s >= watcher.threshold:
+                deliveries.append((watcher.on_hang, stall))
+
+    def _merge_dumps(self, dumps: list[_faultdump.Dump]) -> None:
+        """Add each dump, as a sample, to the loop iteration it fell in (if any)."""
+        for dump in dumps:
+            for key, probe in self._probes.items():
+                spans = [(k, lo, hi) for k, lo, hi, _ in probe.finished]
+                busy = probe.busy(_monotonic())
+                if busy is not None:
+                    spans.append((busy[0], busy[1], _monotonic()))
+                span = next((s for s in spans if s[1] <= dump.t <= s[2]), None)
+                if span is None:
+                    continue
+                taken = dump.sample(probe.thread_id)
+                if taken is None:
+                    continue
+                track = self._tracks.get(key)
+                if track is None or track.key != span[0]:
+                    track = self._tracks[key] = _Track(span[0], span[1])
+                track.samples.append(taken)
+
+    @staticmethod
+    def _deliver(deliveries: list[Delivery]) -> None:
+        for fn, stall in deliveries:
+            try:
+                fn(stall)
+            except BaseException:  # one failing delivery must not cost the others
+                _log.exception("unstall: delivering a stall failed")
+
+
+def _emit(stall: Stall) -> None:
+    _events.emit_stall(stall)
+
+
+monitor = Monitor()
