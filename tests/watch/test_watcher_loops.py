@@ -267,7 +267,7 @@ def test_uvloop_found_whether_imported_before_or_after(
     assert loop.startswith("Loop@")
     assert line == code.splitlines().index("    time.sleep(0.3)  # the culprit") + 1
     assert call == "time.sleep"
-    assert 0.27 <= duration <= 0.4
+    assert 0.27 <= duration < 1.5  # a late wake-up on a busy machine lengthens it
 
 
 def test_a_stopped_loop_is_not_kept_alive_but_stays_in_the_report() -> None:

@@ -81,6 +81,9 @@ class Dump:
         return Sample(self.t, frames, index, call=call, method="faulthandler", truncated=truncated)
 
 
+_FAULTHANDLER_MAX_FRAMES = 100
+
+
 def parse(text: str, t: float) -> Dump:
     """Parse faulthandler's output (``Thread 0x... (most recent call first):`` blocks)."""
     threads: dict[int, tuple[tuple[Frame, ...], bool]] = {}
@@ -90,7 +93,9 @@ def parse(text: str, t: float) -> Dump:
 
     def close() -> None:
         if ident is not None:
-            threads[ident] = (tuple(reversed(frames)), truncated)
+            # faulthandler writes at most 100 frames a thread; 3.13.0 drops its "..." line.
+            cut = truncated or len(frames) >= _FAULTHANDLER_MAX_FRAMES
+            threads[ident] = (tuple(reversed(frames)), cut)
 
     for line in text.splitlines():
         head = _THREAD_RE.match(line)
