@@ -605,7 +605,7 @@ def test_error_survives_pickling() -> None:
 
 def test_catalogue_covers_the_peers_lists() -> None:
     names = set(covered_calls())
-    # blockbuster's and aiocop's lists (see the README table), by our call names
+    # blockbuster's and aiocop's lists (see the table in docs/strict-mode.md), by our call names
     for call in [
         "time.sleep",
         "os.read",
