@@ -121,3 +121,11 @@ def test_test_files_and_test_names_cited_in_the_docs_exist() -> None:
             elif name and f"def {name.rstrip('*')}" not in test_file.read_text("utf-8"):
                 missing.append(f"{page.name}: {file}::{name}")
     assert missing == []
+
+
+def test_the_readme_gives_the_test_command_ci_runs() -> None:
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    command = re.search(r"^\s*(pip install .*\[test\].*&& pytest)\s*$", ci, re.M)
+    assert command, ".ci/run no longer installs the test extra and runs pytest in one line"
+    quiet_free = command.group(1).replace(" -q", "")
+    assert f"\n{quiet_free}\n" in README.read_text(encoding="utf-8")
