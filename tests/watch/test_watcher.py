@@ -20,7 +20,7 @@ import pytest
 import unstall
 from fixtures import blocking
 from fixtures.blocking import line_of
-from unstall import Stall, Watcher
+from unstall import Frame, Stall, Watcher
 from unstall._watch.probe import describe_loop
 
 THRESHOLD = 0.1
@@ -348,12 +348,7 @@ def test_on_stall_is_called_and_its_errors_are_logged(caplog: pytest.LogCaptureF
     assert "listener bug" in caplog.text
 
 
-def test_log_lines_are_warnings_and_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
-    from unstall._watch import stall_log as _stall_log
-
-    _stall_log._window_start = time.monotonic()
-    _stall_log._count = _stall_log.LIMIT - 1
-
+def test_log_lines_are_warnings_and_repeats_are_folded(caplog: pytest.LogCaptureFixture) -> None:
     async def main() -> Watcher:
         async with unstall.watch(threshold=0.05) as watcher:
             for _ in range(3):
@@ -363,14 +358,15 @@ def test_log_lines_are_warnings_and_rate_limited(caplog: pytest.LogCaptureFixtur
 
     with caplog.at_level(logging.WARNING, logger="unstall"):
         watcher = asyncio.run(main())
-    lines = [r for r in caplog.records if "blocked for" in r.getMessage()]
+    lines = [r.getMessage() for r in caplog.records if r.name == "unstall"]
     assert len(watcher.stalls) == 3
-    assert len(lines) == 1  # the rest of the window's budget
-    assert lines[0].levelno == logging.WARNING
-    assert f"blocking.py:{line_of('sleep')}" in lines[0].getMessage()
-    _stall_log._window_start = 0.0
-    _stall_log._count = 0
-    _stall_log._suppressed = 0
+    assert len(lines) == 2, lines  # the first stall, then the repeats when the watcher stops
+    assert all(r.levelno == logging.WARNING for r in caplog.records if r.name == "unstall")
+    where = f"blocking.py:{line_of('sleep')}"
+    assert "blocked for" in lines[0]
+    assert where in lines[0]
+    assert "stalled 2 more times at" in lines[1]
+    assert where in lines[1]
 
 
 def test_plain_call_and_stop_and_report() -> None:
@@ -546,21 +542,29 @@ def test_lag_and_stalls_reach_the_events_feed() -> None:
     assert max(lag for _, lag in mine) >= 0.2  # the beat that came after the stall was late
 
 
-def test_suppressed_lines_are_counted_on_the_next_one(
+def test_lines_past_the_minutes_budget_are_counted_on_the_next_one(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from unstall._watch import stall_log as _stall_log
+    from unstall._watch.stall_log import StallLog
 
-    monkeypatch.setattr(_stall_log, "_window_start", time.monotonic())
-    monkeypatch.setattr(_stall_log, "_count", 0)
-    monkeypatch.setattr(_stall_log, "_suppressed", 0)
-    stall = Stall(start_s=1.0, duration_s=0.5, thread="MainThread", thread_id=1, loop="L@1")
+    log = StallLog(max_per_minute=3)
+    stalls = [
+        Stall(
+            start_s=1.0,
+            duration_s=0.5,
+            thread="MainThread",
+            thread_id=1,
+            loop="L@1",
+            culprit=Frame("app.py", n, "f"),
+        )
+        for n in range(1, 9)
+    ]
     with caplog.at_level(logging.WARNING, logger="unstall"):
-        for _ in range(_stall_log.LIMIT + 5):
-            _stall_log.log_stall(stall)
-        assert len(caplog.records) == _stall_log.LIMIT
-        monkeypatch.setattr(_stall_log, "_window_start", time.monotonic() - _stall_log.WINDOW_S)
-        _stall_log.log_stall(stall)
-    assert len(caplog.records) == _stall_log.LIMIT + 1
-    assert "5 more stall lines suppressed" in caplog.records[-1].getMessage()
-    assert "blocked for 0.500s at unknown code" in caplog.records[-1].getMessage()
+        for stall in stalls[:7]:
+            log.stall(stall)
+        assert len(caplog.records) == 3
+        monkeypatch.setattr(log, "_minute_start", log._minute_start - 60.0)
+        log.stall(stalls[7])
+    assert len(caplog.records) == 4
+    assert "4 more stall lines dropped" in caplog.records[-1].getMessage()
+    assert "blocked for 0.500s at app.py:8 in f" in caplog.records[-1].getMessage()

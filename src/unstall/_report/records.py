@@ -43,7 +43,7 @@ from typing import Any, Literal
 
 from unstall._exceptions import ReportError
 
-__all__ = ["Frame", "LoopInfo", "Report", "Stall", "StallKind"]
+__all__ = ["Aggregate", "Frame", "LoopInfo", "Report", "Stall", "StallKind"]
 
 REPORT_VERSION = 1
 
@@ -125,6 +125,10 @@ class Stall:
         sample_count: How many samples were taken during the stall.
         ongoing: ``True`` while the stall still lasts (a hang being reported live).
         method: How the stack was obtained (``"sampler"`` or ``"faulthandler"``).
+        context: What the blocked task was serving: ``trace_id``, ``span_id`` and
+            ``span_name`` of its OpenTelemetry span, ``http.method``, ``http.route`` and
+            ``http.target`` of its ASGI request, and what ``watch(context=...)`` added.
+            Empty when nothing is known.
     """
 
     start_s: float
@@ -143,6 +147,7 @@ class Stall:
     sample_count: int = 0
     ongoing: bool = False
     method: str = "sampler"
+    context: dict[str, Any] = field(default_factory=dict)
 
     def with_updates(self, **changes: Any) -> Stall:
         """Return a copy with some fields changed."""
@@ -190,6 +195,7 @@ class Stall:
             "sample_count": self.sample_count,
             "ongoing": self.ongoing,
             "method": self.method,
+            "context": dict(self.context),
         }
 
     @classmethod
@@ -213,6 +219,7 @@ class Stall:
             sample_count=int(data.get("sample_count", 0)),
             ongoing=bool(data.get("ongoing", False)),
             method=str(data.get("method", "sampler")),
+            context=dict(data.get("context") or {}),
         )
 
 
@@ -248,6 +255,43 @@ class LoopInfo:
 
 
 @dataclass(slots=True)
+class Aggregate:
+    """Stalls at one culprit line that a watcher counted but did not keep as records.
+
+    A watcher keeps at most ``max_records`` stalls; past that, each further stall only adds
+    to its culprit's aggregate, so a watcher that runs for days keeps bounded memory.
+    """
+
+    culprit: Frame | None
+    count: int = 0
+    total_s: float = 0.0
+    worst_s: float = 0.0
+
+    def add(self, duration_s: float) -> None:
+        self.count += 1
+        self.total_s += duration_s
+        self.worst_s = max(self.worst_s, duration_s)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "culprit": None if self.culprit is None else self.culprit.to_dict(),
+            "count": self.count,
+            "total_s": round(self.total_s, 6),
+            "worst_s": round(self.worst_s, 6),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Aggregate:
+        culprit = data.get("culprit")
+        return cls(
+            culprit=None if culprit is None else Frame.from_dict(culprit),
+            count=int(data.get("count", 0)),
+            total_s=float(data.get("total_s", 0.0)),
+            worst_s=float(data.get("worst_s", 0.0)),
+        )
+
+
+@dataclass(slots=True)
 class Report:
     """Everything one watched run produced: its stalls and its loops' lag."""
 
@@ -257,6 +301,13 @@ class Report:
     started_at: float = 0.0
     duration_s: float = 0.0
     argv: list[str] = field(default_factory=list)
+    aggregated: list[Aggregate] = field(default_factory=list)
+    """Stalls counted but not kept (past the watcher's ``max_records``), per culprit."""
+
+    @property
+    def stall_count(self) -> int:
+        """Every stall seen: those kept in ``stalls`` and those only counted."""
+        return len(self.stalls) + sum(a.count for a in self.aggregated)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -267,6 +318,8 @@ class Report:
             "argv": list(self.argv),
             "loops": [loop.to_dict() for loop in self.loops],
             "stalls": [s.to_dict() for s in self.stalls],
+            "stall_count": self.stall_count,
+            "aggregated": [a.to_dict() for a in self.aggregated],
         }
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -294,6 +347,7 @@ class Report:
                 started_at=float(data.get("started_at", 0.0)),
                 duration_s=float(data.get("duration_s", 0.0)),
                 argv=[str(a) for a in data.get("argv", ())],
+                aggregated=[Aggregate.from_dict(a) for a in data.get("aggregated", ())],
             )
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise ReportError(f"malformed unstall report: {exc}") from None

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from unstall._report.records import Frame, SampleCount, Stall, StallKind
+from unstall._watch.context import describe
 from unstall._watch.sampler import Sample
 
 __all__ = ["CPU_RATIO", "LoopMeta", "build_stall", "sample_weights", "split_by_callback"]
@@ -203,7 +204,9 @@ def build_stall(
         stack = _graft(rep.frames, [s for s in ordered if not s.truncated])
     counts = Counter(s.frames[s.culprit] for s in usable)
     named = next((s for s in ordered if s.task is not None or s.callback is not None), rep)
+    request = next((s.request for s in ordered if s.request), None)
     return base.with_updates(
+        context=describe(named.context, request),
         task=named.task,
         coro=named.coro,
         callback=named.callback if named.task is None else None,

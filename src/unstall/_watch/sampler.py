@@ -9,6 +9,7 @@ running task and the thread's CPU clock (to tell waiting from computing).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import sys
 import types
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from unstall._report.records import Frame
 from unstall._util import is_async_code
 from unstall._watch.callname import call_at
+from unstall._watch.context import request_in, snapshot
 from unstall._watch.culprit import callback_start, culprit_index
 from unstall._watch.threadclock import ThreadClock
 
@@ -48,6 +50,10 @@ class Sample:
     """The stack lost its outer frames (faulthandler keeps the innermost 100)."""
     gil: bool = False
     """The thread was waiting for the GIL: blocked in ``futex`` outside any lock call."""
+    context: contextvars.Context | None = None
+    """A copy of the running task's (or callback's) context variables."""
+    request: dict[str, str] | None = None
+    """The ASGI request the stalled frames serve (see :mod:`unstall._watch.context`)."""
 
 
 def frame_record(code: types.CodeType, line: int) -> Frame:
@@ -92,6 +98,8 @@ def capture(
     except Exception:  # naming the call is best effort: never break sampling
         sample.call = None
     _describe_running(sample, loop, chain, start)
+    sample.context = snapshot(sample.anchor)
+    sample.request = request_in(chain[start:] if start > 0 else chain)
     sample.cpu = clock.read()
     if futex:
         sample.gil = not _waits_on_a_lock(

@@ -1,7 +1,11 @@
-"""Log stalls to the ``unstall`` logger, rate-limited so a sick service cannot flood it.
+"""Log stalls to the ``unstall`` logger without flooding it.
 
-At most ``LIMIT`` lines per ``WINDOW_S`` seconds, process-wide; the next line after a
-quiet spell says how many were suppressed.
+Each watcher has a :class:`StallLog`. The same culprit line stalling again within
+``repeat_window_s`` (a minute by default) is logged once; the repeats are counted and
+written as one line when the window has passed and the line stalls again, or when the
+watcher stops ("... stalled 57 more times at app.py:42 in the last 60 s"). On top of that,
+at most ``max_per_minute`` lines are written a minute; the next line after a quiet spell
+says how many were dropped.
 """
 
 from __future__ import annotations
@@ -9,34 +13,27 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
+from dataclasses import dataclass
 
 from unstall._report.records import Stall
 
-__all__ = ["LIMIT", "WINDOW_S", "log_hang", "log_stall"]
+__all__ = ["LIMIT", "WINDOW_S", "StallLog", "log_hang"]
 
 LIMIT = 10
+"""Default for ``watch(max_log_per_minute=...)``."""
 WINDOW_S = 60.0
+_MAX_KEYS = 1000
 
 _log = logging.getLogger("unstall")
-_lock = threading.Lock()
-_window_start = 0.0
-_count = 0
-_suppressed = 0
 
 
-def _admit() -> int | None:
-    """``None`` to drop this line, else how many lines were dropped before it."""
-    global _window_start, _count, _suppressed
-    with _lock:
-        now = time.monotonic()
-        if now - _window_start >= WINDOW_S:
-            _window_start, _count = now, 0
-        if _count >= LIMIT:
-            _suppressed += 1
-            return None
-        _count += 1
-        dropped, _suppressed = _suppressed, 0
-        return dropped
+@dataclass(slots=True)
+class _Repeats:
+    since: float
+    count: int = 0
+    worst_s: float = 0.0
+    where: str = ""
 
 
 def _where(stall: Stall) -> str:
@@ -50,26 +47,92 @@ def _where(stall: Stall) -> str:
 
 def _running(stall: Stall) -> str:
     if stall.task is not None:
-        return f"task {stall.task} ({stall.coro})"
-    return f"callback {stall.callback}" if stall.callback else "a callback"
+        text = f"task {stall.task} ({stall.coro})"
+    else:
+        text = f"callback {stall.callback}" if stall.callback else "a callback"
+    route = stall.context.get("http.route")
+    if route:
+        text += f", request {stall.context.get('http.method', '')} {route}".rstrip()
+    trace = stall.context.get("trace_id")
+    if trace:
+        text += f", trace {trace}"
+    return text
 
 
-def log_stall(stall: Stall) -> None:
-    """One WARNING line for a finished stall."""
-    if not _log.isEnabledFor(logging.WARNING):
-        return
-    dropped = _admit()
-    if dropped is None:
-        return
-    suffix = f" [{dropped} more stall lines suppressed]" if dropped else ""
-    _log.warning(
-        "event loop blocked for %.3fs at %s, in %s, thread %s%s",
-        stall.duration_s,
-        _where(stall),
-        _running(stall),
-        stall.thread,
-        suffix,
-    )
+def _key(stall: Stall) -> tuple[str, int | str]:
+    if stall.culprit is None:
+        return ("?", stall.loop)
+    return (stall.culprit.file, stall.culprit.line)
+
+
+class StallLog:
+    """The log lines of one watcher: repeats folded, lines per minute capped."""
+
+    def __init__(self, max_per_minute: int = LIMIT, repeat_window_s: float = WINDOW_S) -> None:
+        self.max_per_minute = max_per_minute
+        self.repeat_window_s = repeat_window_s
+        self._lock = threading.Lock()
+        self._repeats: OrderedDict[tuple[str, int | str], _Repeats] = OrderedDict()
+        self._minute_start = 0.0
+        self._lines = 0
+        self._dropped = 0
+
+    def stall(self, stall: Stall) -> None:
+        """Log a finished stall, or count it as a repeat of its culprit line."""
+        if not _log.isEnabledFor(logging.WARNING):
+            return
+        now = time.monotonic()
+        key = _key(stall)
+        with self._lock:
+            seen = self._repeats.get(key)
+            if seen is not None and now - seen.since < self.repeat_window_s:
+                seen.count += 1
+                seen.worst_s = max(seen.worst_s, stall.duration_s)
+                return
+            self._repeats[key] = _Repeats(now, where=_where(stall))
+            if len(self._repeats) > _MAX_KEYS:
+                self._repeats.popitem(last=False)
+        if seen is not None and seen.count:
+            self._write_repeats(seen, now)
+        self._write(
+            "event loop blocked for %.3fs at %s, in %s, thread %s",
+            stall.duration_s,
+            _where(stall),
+            _running(stall),
+            stall.thread,
+        )
+
+    def flush(self) -> None:
+        """Write the repeats not yet written (the watcher stops)."""
+        now = time.monotonic()
+        with self._lock:
+            pending = [r for r in self._repeats.values() if r.count]
+            self._repeats.clear()
+        for repeats in pending:
+            self._write_repeats(repeats, now)
+
+    def _write_repeats(self, repeats: _Repeats, now: float) -> None:
+        self._write(
+            "event loop stalled %d more times at %s in the last %.0f s (worst %.3fs)",
+            repeats.count,
+            repeats.where,
+            max(now - repeats.since, 1.0),
+            repeats.worst_s,
+        )
+
+    def _write(self, message: str, *args: object) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._minute_start >= 60.0:
+                self._minute_start, self._lines = now, 0
+            if self._lines >= self.max_per_minute:
+                self._dropped += 1
+                return
+            self._lines += 1
+            dropped, self._dropped = self._dropped, 0
+        if dropped:
+            message += f" [{dropped} more stall lines dropped]"
+        _log.warning(message, *args)
 
 
 _hang_logged: dict[tuple[str, float], float] = {}
@@ -86,9 +149,6 @@ def log_hang(stall: Stall) -> None:
     if len(_hang_logged) > 1000:
         _hang_logged.clear()
     _hang_logged[key] = stall.duration_s
-    dropped = _admit()
-    if dropped is None:
-        return
     _log.warning(
         "event loop stuck for %.1fs so far at %s, in %s, thread %s",
         stall.duration_s,

@@ -69,8 +69,11 @@ class Subscription:
     on_starved: Callable[[Stall], None]
     on_hang: Callable[[Stall], None]
 
+    paused: bool = False
+    """While true, nothing is handed to this subscription (``Watcher.pause``)."""
+
     def wants(self, loop: asyncio.AbstractEventLoop) -> bool:
-        return self.loop is None or self.loop is loop
+        return not self.paused and (self.loop is None or self.loop is loop)
 
     def relative(self, stall: Stall) -> Stall:
         return stall.with_updates(start_s=max(stall.start_s - self.origin, 0.0))

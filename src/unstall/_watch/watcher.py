@@ -7,17 +7,20 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 
-from unstall._report.records import LoopInfo, Report, Stall
+from unstall._report.records import Aggregate, LoopInfo, Report, Stall
 from unstall._util import _is_async_callable
-from unstall._watch.stall_log import log_hang, log_stall
+from unstall._watch import context as _context
+from unstall._watch.stall_log import LIMIT, StallLog, log_hang
 from unstall._watch.watchdog import Subscription, monitor
 
 __all__ = ["Watcher", "watch"]
 
 _log = logging.getLogger("unstall")
+_MAX_AGGREGATES = 1000
+ContextArg = _context.ContextProvider | Iterable[_context.ContextProvider] | None
 
 
 def _notify(listener: Callable[[Stall], object] | None, name: str, stall: Stall) -> None:
@@ -49,14 +52,21 @@ class Watcher:
         on_stall: Callable[[Stall], object] | None,
         on_hang: Callable[[Stall], object] | None,
         log: bool,
+        *,
+        context: tuple[_context.ContextProvider, ...] = (),
+        max_records: int = 10_000,
+        max_log_per_minute: int = LIMIT,
     ) -> None:
         self.loop = loop
         self.threshold = threshold
         self.stalls: list[Stall] = []
         self.starved: list[Stall] = []
+        self.max_records = max_records
+        self._aggregated: dict[tuple[str, int] | None, Aggregate] = {}
         self._on_stall = on_stall
         self._on_hang = on_hang
-        self._log = log
+        self._log = StallLog(max_log_per_minute) if log else None
+        self._providers = context
         self._started_at = time.time()
         self._t0 = time.monotonic()
         self._stopped_t: float | None = None
@@ -67,7 +77,12 @@ class Watcher:
         )
 
     def _start(self) -> Watcher:
-        monitor.add(self._subscription)
+        _context.register(self._providers)
+        try:
+            monitor.add(self._subscription)
+        except BaseException:
+            _context.unregister(self._providers)
+            raise
         return self
 
     # -- handed to the watchdog -----------------------------------------------------------
@@ -75,10 +90,26 @@ class Watcher:
     def _take_stall(self, stall: Stall) -> None:
         stall = self._subscription.relative(stall)
         with self._lock:
-            self.stalls.append(stall)
-        if self._log:
-            log_stall(stall)
+            if len(self.stalls) < self.max_records:
+                self.stalls.append(stall)
+            else:
+                self._aggregate(stall)
+        if self._log is not None:
+            self._log.stall(stall)
         _notify(self._on_stall, "on_stall", stall)
+
+    def _aggregate(self, stall: Stall) -> None:
+        """Count a stall past ``max_records`` in its culprit line's aggregate."""
+        culprit = stall.culprit
+        key = None if culprit is None else (culprit.file, culprit.line)
+        found = self._aggregated.get(key)
+        if found is None:
+            if len(self._aggregated) >= _MAX_AGGREGATES:
+                key, culprit = None, None  # past that many lines: one "elsewhere" bucket
+                found = self._aggregated.get(None)
+            if found is None:
+                found = self._aggregated[key] = Aggregate(culprit)
+        found.add(stall.duration_s)
 
     def _take_starved(self, stall: Stall) -> None:
         stall = self._subscription.relative(stall)
@@ -93,7 +124,7 @@ class Watcher:
 
     def _take_hang(self, stall: Stall) -> None:
         stall = self._subscription.relative(stall)
-        if self._log:
+        if self._log is not None:
             log_hang(stall)
         _notify(self._on_hang, "on_hang", stall)
 
@@ -117,6 +148,26 @@ class Watcher:
             finally:
                 with self._lock:
                     self._stopped_t = time.monotonic()
+                _context.unregister(self._providers)
+                if self._log is not None:
+                    self._log.flush()
+
+    def pause(self) -> None:
+        """Stop reporting stalls until :meth:`resume`; what was found stays.
+
+        The watchdog keeps timing the loop meanwhile, so a stall that began while paused
+        and ends after ``resume()`` is reported.
+        """
+        self._subscription.paused = True
+
+    def resume(self) -> None:
+        """Report stalls again after :meth:`pause`."""
+        self._subscription.paused = False
+
+    @property
+    def paused(self) -> bool:
+        """Whether :meth:`pause` is in effect."""
+        return self._subscription.paused
 
     @property
     def running(self) -> bool:
@@ -133,7 +184,13 @@ class Watcher:
         end = self._stopped_t if self._stopped_t is not None else time.monotonic()
         with self._lock:
             stalls = list(self.stalls)
+            aggregated = [
+                Aggregate(a.culprit, a.count, a.total_s, a.worst_s)
+                for a in self._aggregated.values()
+                if a.count > 0
+            ]
         return Report(
+            aggregated=aggregated,
             threshold_s=self.threshold,
             stalls=stalls,
             loops=list(self._loops),
@@ -176,6 +233,9 @@ def watch(
     on_stall: Callable[[Stall], object] | None = None,
     on_hang: Callable[[Stall], object] | None = None,
     log: bool = True,
+    context: ContextArg = None,
+    max_records: int = 10_000,
+    max_log_per_minute: int = LIMIT,
 ) -> Watcher:
     """Start watching for stalls: callbacks that keep an event loop busy too long.
 
@@ -193,7 +253,18 @@ def watch(
             it raises is logged to the ``unstall`` logger; watching goes on.
         on_hang: Called with ``ongoing=True`` records while a stall lasts: when it
             passes the threshold, then about every second, with the stack at that time.
-        log: Log each stall to the ``unstall`` logger (WARNING, rate-limited).
+        log: Log each stall to the ``unstall`` logger (WARNING). The same culprit line
+            stalling again within a minute is logged once, then once more with a count.
+        context: A callable, or a list of callables, returning a dict added to each
+            stall's ``context``. Each is called with no argument, from the watchdog
+            thread, inside a copy of the blocked task's context variables (so a
+            ``ContextVar.get()`` returns the task's value). One that raises or returns
+            something else is logged once and skipped from then on.
+        max_records: Keep at most this many :class:`Stall` records; further stalls are
+            only counted, per culprit line, in ``Report.aggregated`` (bounded memory
+            for a watcher that runs for days).
+        max_log_per_minute: At most this many log lines a minute; the next line says
+            how many were dropped.
 
     Returns:
         The running :class:`Watcher`.
@@ -221,9 +292,47 @@ def watch(
                 f"watch(): {name} must be a plain function, not an async one: it is called "
                 "from the watchdog thread, not awaited"
             )
+    providers = _check_context(context)
+    for name, value in (("max_records", max_records), ("max_log_per_minute", max_log_per_minute)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise _bad_count(name, value)
     if loop is None:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             loop = None
-    return Watcher(loop, float(threshold), on_stall, on_hang, bool(log))._start()
+    return Watcher(
+        loop,
+        float(threshold),
+        on_stall,
+        on_hang,
+        bool(log),
+        context=providers,
+        max_records=max_records,
+        max_log_per_minute=max_log_per_minute,
+    )._start()
+
+
+def _bad_count(name: str, value: object) -> Exception:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return ValueError(f"watch(): {name} must be at least 1, got {value!r}")
+    return TypeError(f"watch(): {name} must be an int, not {type(value).__name__}")
+
+
+def _check_context(context: ContextArg) -> tuple[_context.ContextProvider, ...]:
+    if context is None:
+        return ()
+    providers: object = (context,) if callable(context) else context
+    if isinstance(providers, str | bytes) or not isinstance(providers, Iterable):
+        raise TypeError(
+            f"watch(): context must be a callable or a list of callables, "
+            f"not {type(context).__name__}"
+        )
+    found = tuple(providers)
+    for fn in found:
+        if not callable(fn) or _is_async_callable(fn):
+            raise TypeError(
+                f"watch(): each context provider must be a plain function returning a dict, "
+                f"not {fn!r}"
+            )
+    return found
