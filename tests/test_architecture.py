@@ -19,6 +19,7 @@ TOP_LEVEL_ALLOWED = {
     "_util.py",
     "_pytest_plugin.py",
     "from_thread.py",
+    "asgi.py",
     "py.typed",
 }
 

@@ -135,6 +135,7 @@ def _stall(
         "sample_count": stall.sample_count,
         "method": stall.method,
         "fix": stall.fix_hint,
+        "context": {str(k): str(v) for k, v in stall.context.items()},
     }
 
 

@@ -124,7 +124,20 @@ def _context(group: Sequence[Stall]) -> str:
     elif any(s.callback for s in group):
         parts.append(f"callback: {_some([s.callback for s in group], 1)}")
     parts.append(f"thread: {_some([s.thread for s in group])}")
+    routes = [_route(s) for s in group]
+    if any(routes):
+        parts.append(f"request: {_some(routes)}")
+    traces = [s.context.get("trace_id") for s in group]
+    if any(traces):
+        parts.append(f"trace: {_some(traces, 1)}")
     return "   ".join(parts)
+
+
+def _route(stall: Stall) -> str | None:
+    route = stall.context.get("http.route")
+    if not route:
+        return None
+    return f"{stall.context.get('http.method', '')} {route}".strip()
 
 
 def _clip(text: str, room: int) -> str:
@@ -180,6 +193,12 @@ def render_summary(
         lines += table.group(culprit, group, row)
     if len(groups) > _MAX_GROUPS:
         lines.append(f"  ... and {len(groups) - _MAX_GROUPS} more places (see --json for all)")
+    counted = report.stall_count - len(report.stalls)
+    if counted:
+        lines.append(
+            f"  ... and {counted} more stalls counted but not kept (max_records), "
+            f"at {len(report.aggregated)} places (see --json for all)"
+        )
     return "\n".join(lines)
 
 

@@ -24,7 +24,7 @@ import logging
 import sys
 import threading
 import types
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from typing import Any
 
 __all__ = ["ContextProvider", "describe", "register", "request_in", "snapshot", "unregister"]
@@ -36,7 +36,7 @@ _lock = threading.Lock()
 _providers: list[ContextProvider] = []
 _failed: set[int] = set()
 
-REQUEST: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar(
+REQUEST: contextvars.ContextVar[MutableMapping[str, Any] | None] = contextvars.ContextVar(
     "unstall_asgi_request", default=None
 )
 """Set by :class:`unstall.asgi.StallContextMiddleware` to the request being served."""

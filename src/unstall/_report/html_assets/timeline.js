@@ -334,6 +334,12 @@
     const rows = [["thread", s.thread], ["loop", s.loop], ["task", s.task], ["coroutine", s.coro],
       ["callback", s.callback], ["innermost call", s.call], ["source", s.culprit && s.culprit.code],
       ["samples", s.sample_count + " (" + s.method + ")"]];
+    const ctx = s.context || {};
+    if (ctx["http.route"]) rows.splice(3, 0, ["request", ((ctx["http.method"] || "") + " " + ctx["http.route"]).trim()]);
+    if (ctx["trace_id"]) rows.splice(4, 0, ["trace", ctx["trace_id"]]);
+    for (const k of Object.keys(ctx).sort()) {
+      if (!k.startsWith("http.") && k !== "trace_id") rows.push([k, ctx[k]]);
+    }
     for (const [k, v] of rows) {
       if (v === null || v === undefined || v === "") continue;
       const d = h("div", null, null, dl);
