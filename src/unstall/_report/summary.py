@@ -124,6 +124,12 @@ def _context(group: Sequence[Stall]) -> str:
     elif any(s.callback for s in group):
         parts.append(f"callback: {_some([s.callback for s in group], 1)}")
     parts.append(f"thread: {_some([s.thread for s in group])}")
+    return "   ".join(parts)
+
+
+def _served(group: Sequence[Stall]) -> str:
+    """The requests and traces the group's stalls belonged to (empty when none is known)."""
+    parts: list[str] = []
     routes = [_route(s) for s in group]
     if any(routes):
         parts.append(f"request: {_some(routes)}")
@@ -230,6 +236,9 @@ class _Table:
         if culprit and code:
             lines.append(indent + _clip(f"{culprit.line} | {code}", self.room))
         lines.append(indent + paint(_clip(_context(group), self.room), "dim"))
+        served = _served(group)
+        if served:
+            lines.append(indent + paint(_clip(served, self.room), "dim"))
         if any(s.ongoing for s in group):
             lines.append(indent + paint("still stuck here when this report was made", "red"))
         lines.append(indent + paint(f"fix: {worst.fix_hint}", "green"))

@@ -14,9 +14,9 @@ import linecache
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from unstall._report.records import Frame, SampleCount, Stall, StallKind
-from unstall._watch.context import describe
 from unstall._watch.sampler import Sample
 
 __all__ = ["CPU_RATIO", "LoopMeta", "build_stall", "sample_weights", "split_by_callback"]
@@ -158,6 +158,15 @@ def _kind(samples: Sequence[Sample], call: str | None, method: str) -> StallKind
     return "unknown"
 
 
+def _context_of(samples: Sequence[Sample]) -> dict[str, Any]:
+    """What the samples say the task served; the earliest sample's value wins."""
+    found: dict[str, Any] = {}
+    for sample in samples:
+        for key, value in (sample.context or {}).items():
+            found.setdefault(key, value)
+    return found
+
+
 def build_stall(
     samples: Sequence[Sample], start: float, end: float, meta: LoopMeta, *, ongoing: bool = False
 ) -> Stall:
@@ -204,9 +213,8 @@ def build_stall(
         stack = _graft(rep.frames, [s for s in ordered if not s.truncated])
     counts = Counter(s.frames[s.culprit] for s in usable)
     named = next((s for s in ordered if s.task is not None or s.callback is not None), rep)
-    request = next((s.request for s in ordered if s.request), None)
     return base.with_updates(
-        context=describe(named.context, request),
+        context=_context_of(ordered),
         task=named.task,
         coro=named.coro,
         callback=named.callback if named.task is None else None,

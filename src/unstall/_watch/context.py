@@ -56,11 +56,18 @@ def unregister(providers: Iterable[ContextProvider]) -> None:
                 _providers.remove(provider)
 
 
-def snapshot(anchor: object) -> contextvars.Context | None:
-    """A copy of the context variables of a task or handle (``None`` for anything else)."""
+def snapshot(anchor: object, handle: object = None) -> contextvars.Context | None:
+    """A copy of the context variables the running callback sees.
+
+    ``anchor`` is the running task or handle; ``handle`` the ``asyncio.Handle`` whose
+    ``_run`` frame is on the stack, if any (Python 3.11's tasks do not expose their
+    context, but the handle running their step holds it). ``None`` when neither tells.
+    """
     get = getattr(anchor, "get_context", None)  # Task, Python 3.12+
     try:
         ctx = get() if callable(get) else getattr(anchor, "_context", None)
+        if not isinstance(ctx, contextvars.Context):
+            ctx = getattr(handle, "_context", None)
     except Exception:
         return None
     return ctx.copy() if isinstance(ctx, contextvars.Context) else None

@@ -9,15 +9,15 @@ running task and the thread's CPU clock (to tell waiting from computing).
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import sys
 import types
 from dataclasses import dataclass
+from typing import Any
 
 from unstall._report.records import Frame
 from unstall._util import is_async_code
 from unstall._watch.callname import call_at
-from unstall._watch.context import request_in, snapshot
+from unstall._watch.context import describe, request_in, snapshot
 from unstall._watch.culprit import callback_start, culprit_index
 from unstall._watch.threadclock import ThreadClock
 
@@ -50,10 +50,8 @@ class Sample:
     """The stack lost its outer frames (faulthandler keeps the innermost 100)."""
     gil: bool = False
     """The thread was waiting for the GIL: blocked in ``futex`` outside any lock call."""
-    context: contextvars.Context | None = None
-    """A copy of the running task's (or callback's) context variables."""
-    request: dict[str, str] | None = None
-    """The ASGI request the stalled frames serve (see :mod:`unstall._watch.context`)."""
+    context: dict[str, Any] | None = None
+    """What the running task was serving (see :mod:`unstall._watch.context`)."""
 
 
 def frame_record(code: types.CodeType, line: int) -> Frame:
@@ -98,8 +96,9 @@ def capture(
     except Exception:  # naming the call is best effort: never break sampling
         sample.call = None
     _describe_running(sample, loop, chain, start)
-    sample.context = snapshot(sample.anchor)
-    sample.request = request_in(chain[start:] if start > 0 else chain)
+    # Read during the stall: a span or scope the blocked code opened is still open now.
+    variables = snapshot(sample.anchor, _running_handle(chain, start))
+    sample.context = describe(variables, request_in(chain[start:] if start > 0 else chain))
     sample.cpu = clock.read()
     if futex:
         sample.gil = not _waits_on_a_lock(
@@ -157,6 +156,16 @@ def _describe_running(
         sample.root, sample.anchor = id(chain[start]), chain[start]
         code = chain[start].f_code
         sample.callback = f"{code.co_qualname}() at {code.co_filename}:{code.co_firstlineno}"
+
+
+def _running_handle(chain: list[types.FrameType], start: int) -> object:
+    """The ``asyncio.Handle`` whose ``_run`` called the callback, on pure-Python loops."""
+    if 0 < start <= len(chain) and chain[start - 1].f_code.co_name == "_run":
+        try:
+            return chain[start - 1].f_locals.get("self")
+        except Exception:
+            return None
+    return None
 
 
 def _handle_repr(handle: asyncio.Handle) -> str:

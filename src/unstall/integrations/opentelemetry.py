@@ -8,7 +8,10 @@
 
 It watches every asyncio loop of the process. Each stall becomes an event named
 ``unstall.stall`` on the span that was current in the blocked task (attributes: the
-duration, the culprit's file, line and function, the call, the kind and the fix), and feeds
+duration, the culprit's file, line and function, the call, the kind and the fix). The event
+is added as soon as the stall passes the threshold, while the blocked code (and so its span)
+is still running: its ``unstall.duration_s`` is the duration at that moment, at least the
+threshold; the stall record, the log and the metrics have the full duration. It also feeds
 unstall's metrics (loop lag histogram, stall counter by culprit and kind) through the
 global meter provider, or the ``meter_provider`` given. ``uninstrument()`` stops both.
 
@@ -55,6 +58,7 @@ class UnstallInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
     def _instrument(self, **kwargs: Any) -> None:
         self._spans: OrderedDict[str, Any] = OrderedDict()
+        self._evented: OrderedDict[tuple[str, float], bool] = OrderedDict()
         self._lock = threading.Lock()
         if kwargs.get("metrics", True):
             self._metrics = enable_metrics(otel=True, meter_provider=kwargs.get("meter_provider"))
@@ -62,6 +66,7 @@ class UnstallInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             self._watcher = watch(
                 threshold=kwargs.get("threshold", 0.1),
                 on_stall=self._on_stall,
+                on_hang=self._on_hang,
                 log=kwargs.get("log", True),
                 context=self._remember_span,
             )
@@ -93,11 +98,28 @@ class UnstallInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                     self._spans.popitem(last=False)
         return {}
 
+    def _on_hang(self, stall: Stall) -> None:
+        """A stall has passed the threshold and still lasts: its span is still open."""
+        self._add_event(stall)
+
     def _on_stall(self, stall: Stall) -> None:
+        """The stall ended: add the event now if the hang path could not (span still open)."""
+        self._add_event(stall)
+        with self._lock:
+            self._spans.pop(stall.context.get("span_id", ""), None)
+            self._evented.pop((stall.loop, round(stall.start_s, 3)), None)
+
+    def _add_event(self, stall: Stall) -> None:
+        key = (stall.loop, round(stall.start_s, 3))
         span_id = stall.context.get("span_id")
         with self._lock:
-            span = self._spans.pop(span_id, None) if span_id else None
-        if span is not None and span.is_recording():
+            span = self._spans.get(span_id) if span_id else None
+            if span is None or key in self._evented:
+                return
+            self._evented[key] = True
+            while len(self._evented) > _MAX_SPANS:
+                self._evented.popitem(last=False)
+        if span.is_recording():
             span.add_event("unstall.stall", attributes=stall_attributes(stall))
 
 

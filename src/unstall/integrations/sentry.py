@@ -30,13 +30,23 @@ from sentry_sdk.integrations import Integration
 from unstall._report.records import Frame, Stall
 from unstall._watch.watcher import Watcher, watch
 
-__all__ = ["UnstallIntegration"]
+__all__ = ["UnstallIntegration", "stall_event", "stop_watching"]
 
 _HOUR_S = 3600.0
 
 
+_watcher: Watcher | None = None
+_watcher_lock = threading.Lock()
+
+
 class UnstallIntegration(Integration):
     """Send each stall above ``threshold`` seconds to Sentry.
+
+    As Sentry's own integrations do, it sets up once per process: the first
+    ``sentry_sdk.init`` with it starts one watcher over every loop, at that integration's
+    ``threshold``; each stall is then handed to the integration of the client current at
+    that moment, which applies its own ``threshold`` and ``max_events_per_hour``.
+    :func:`stop_watching` stops the watcher (at shutdown, if you must).
 
     Args:
         threshold: The shortest stall reported, in seconds (> 0).
@@ -56,25 +66,30 @@ class UnstallIntegration(Integration):
             raise TypeError("UnstallIntegration: max_events_per_hour must be an int")
         if max_events_per_hour < 1:
             raise ValueError("UnstallIntegration: max_events_per_hour must be at least 1")
-        self.threshold = threshold
+        if isinstance(threshold, bool) or not isinstance(threshold, int | float) or threshold <= 0:
+            raise ValueError(
+                f"UnstallIntegration: threshold must be > 0 seconds, got {threshold!r}"
+            )
+        self.threshold = float(threshold)
         self.max_events_per_hour = max_events_per_hour
         self.log = log
-        self.watcher: Watcher | None = None
         self._sent: deque[float] = deque()
         self._lock = threading.Lock()
 
     @staticmethod
     def setup_once() -> None:
-        """Nothing to patch: the watcher is per integration instance."""
+        """Nothing to patch: the watcher starts with the options, below."""
 
     def setup_once_with_options(self, options: Mapping[str, Any] | None = None) -> None:
-        if self.watcher is None:
-            self.watcher = watch(
-                threshold=self.threshold,
-                on_stall=self._on_stall,
-                log=self.log,
-                context=_sentry_trace,
-            )
+        global _watcher
+        with _watcher_lock:
+            if _watcher is None or not _watcher.running:
+                _watcher = watch(
+                    threshold=self.threshold,
+                    on_stall=_on_stall,
+                    log=self.log,
+                    context=_sentry_trace,
+                )
 
     def _admit(self) -> bool:
         now = time.monotonic()
@@ -86,12 +101,23 @@ class UnstallIntegration(Integration):
             self._sent.append(now)
             return True
 
-    def _on_stall(self, stall: Stall) -> None:
-        client = sentry_sdk.get_client()
-        if not client.is_active() or client.get_integration(UnstallIntegration) is not self:
-            return
-        if self._admit():
-            sentry_sdk.capture_event(stall_event(stall))  # type: ignore[arg-type]
+
+def stop_watching() -> None:
+    """Stop the watcher the integration started (idempotent)."""
+    global _watcher
+    with _watcher_lock:
+        watcher, _watcher = _watcher, None
+    if watcher is not None:
+        watcher.stop()
+
+
+def _on_stall(stall: Stall) -> None:
+    client = sentry_sdk.get_client()
+    integration = client.get_integration(UnstallIntegration) if client.is_active() else None
+    if integration is None or stall.duration_s < integration.threshold:
+        return
+    if integration._admit():
+        sentry_sdk.capture_event(stall_event(stall))  # type: ignore[arg-type]
 
 
 def _sentry_trace() -> Mapping[str, Any]:
