@@ -343,6 +343,11 @@ def _stall_text(stall: Stall, phase: str, threshold: float) -> str:
         lines.append(f"  call: {stall.call}")
     if stall.task or stall.coro:
         lines.append(f"  task: {stall.task} ({stall.coro})")
+    route = stall.context.get("http.route")
+    if route:
+        lines.append(f"  request: {stall.context.get('http.method', '')} {route}".rstrip())
+    if stall.context.get("trace_id"):
+        lines.append(f"  trace: {stall.context['trace_id']}")
     lines.append(f"  fix: {stall.fix_hint}")
     if stall.stack:
         lines.append("  stack (most recent call last):")
