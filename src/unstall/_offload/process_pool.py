@@ -3,7 +3,7 @@
 Each worker is one process with one socket to the parent. The loop watches the sockets
 itself (``loop.add_reader``): a result wakes the loop directly, with no thread per call and
 no thread hop, and results that finish together are handled in one loop iteration. The
-design, and why it is not built on ``ProcessPoolExecutor`` or loky, is in the README
+design, and why it is not built on ``ProcessPoolExecutor`` or loky, is in docs/how-it-works.md
 (section "Processes and clusters").
 """
 

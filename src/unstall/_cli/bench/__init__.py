@@ -1,7 +1,7 @@
 """``unstall bench``: measure unstall side by side with asyncio and its peers, in one run.
 
 Each section is a module with ``run(opts: BenchOptions) -> list[Table]``; the command
-prints every table as Markdown (the form the README's benchmark tables are pasted from).
+prints every table as Markdown (the form of the tables in docs/benchmarks.md).
 """
 
 from __future__ import annotations
