@@ -589,13 +589,13 @@ def test_worker_exits_quietly_when_its_parent_vanishes() -> None:
     """A reset connection (the parent died with data unread) ends the worker like EOF."""
     import socket
 
-    from unstall._offload import process_worker as _process_worker
+    from unstall._offload import process_worker
 
     parent, child = socket.socketpair()
     parent.sendall(b"unread")  # a short frame: the worker waits for more
     child.sendall(b"x")  # unread by the parent: its close resets the connection
     parent.close()
     try:
-        assert _process_worker._read_exact(child.fileno(), 8) is None
+        assert process_worker._read_exact(child.fileno(), 8) is None
     finally:
         child.close()

@@ -27,7 +27,7 @@ from fixtures import blocking
 from fixtures.blocking import line_of
 from helpers import SLACK_S, SRC
 from unstall import ProcessPool, Stall, ThreadPool, WorkerDiedError
-from unstall._watch import faultdump as _faultdump
+from unstall._watch import faultdump
 
 
 class CustomBase(BaseException):
@@ -328,12 +328,12 @@ def test_a_listener_raising_system_exit_does_not_kill_the_watchdog(
 
 @pytest.fixture(params=["sampler", "faulthandler"])
 def watch_route(request: pytest.FixtureRequest) -> Iterator[str]:
-    saved = _faultdump._enabled
-    _faultdump.enable(request.param == "faulthandler")
+    saved = faultdump._enabled
+    faultdump.enable(request.param == "faulthandler")
     try:
         yield request.param
     finally:
-        _faultdump.enable(saved)
+        faultdump.enable(saved)
 
 
 def test_watcher_survives_c_code_holding_the_gil_and_reports_what_follows(

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 import unstall
 from report_samples import realistic_report
 from unstall import Frame, Stall
-from unstall._report import feed as _events
+from unstall._report import feed
 from unstall._report.metrics import Metrics, enable_metrics
 
 USERS = "/srv/shop/app/users.py:42"
@@ -48,7 +48,7 @@ def metrics(registry: CollectorRegistry, reader: InMemoryMetricReader) -> Iterat
 
 def _feed_realistic() -> None:
     for stall in realistic_report().stalls:
-        _events.emit_stall(stall)
+        feed.emit_stall(stall)
 
 
 def _otel(reader: InMemoryMetricReader) -> dict[str, list[Any]]:
@@ -73,8 +73,8 @@ def _stall(line: int, duration: float = 0.2) -> Stall:
 
 def test_prometheus_lag_histogram(metrics: Metrics, registry: CollectorRegistry) -> None:
     for lag in (0.0004, 0.003, 0.3, 2.0):
-        _events.emit_lag("loop-1", "MainThread", lag)
-    _events.emit_lag("loop-2", "worker", 0.02)
+        feed.emit_lag("loop-1", "MainThread", lag)
+    feed.emit_lag("loop-2", "worker", 0.02)
     get = registry.get_sample_value
     main = {"thread": "MainThread"}
     assert get("unstall_loop_lag_seconds_count", main) == 4
@@ -109,7 +109,7 @@ def test_prometheus_stalls_by_culprit(metrics: Metrics, registry: CollectorRegis
 
 def test_otel_lag_histogram(metrics: Metrics, reader: InMemoryMetricReader) -> None:
     for lag in (0.0004, 0.003, 0.3):
-        _events.emit_lag("loop-1", "MainThread", lag)
+        feed.emit_lag("loop-1", "MainThread", lag)
     (point,) = _otel(reader)["unstall.loop.lag"]
     assert point.attributes == {"thread": "MainThread"}
     assert point.count == 3
@@ -135,13 +135,13 @@ def test_otel_stalls_by_culprit(metrics: Metrics, reader: InMemoryMetricReader) 
 def test_culprit_labels_are_bounded(registry: CollectorRegistry) -> None:
     with enable_metrics(prometheus=True, registry=registry, max_culprits=3):
         for line in range(10):
-            _events.emit_stall(_stall(line))
-        _events.emit_stall(_stall(0))  # a known culprit keeps its label
+            feed.emit_stall(_stall(line))
+        feed.emit_stall(_stall(0))  # a known culprit keeps its label
     # read before disable() unregistered them: re-enable to check nothing leaked
     handle = enable_metrics(prometheus=True, registry=registry, max_culprits=3)
     try:
         for line in range(10):
-            _events.emit_stall(_stall(line))
+            feed.emit_stall(_stall(line))
         get = registry.get_sample_value
         assert (
             get(
@@ -165,14 +165,14 @@ def test_culprit_labels_are_bounded(registry: CollectorRegistry) -> None:
 
 def test_disable_stops_and_unregisters(registry: CollectorRegistry) -> None:
     handle = enable_metrics(prometheus=True, registry=registry)
-    _events.emit_lag("l", "MainThread", 0.01)
+    feed.emit_lag("l", "MainThread", 0.01)
     assert (
         registry.get_sample_value("unstall_loop_lag_seconds_count", {"thread": "MainThread"}) == 1
     )
     handle.disable()
     handle.disable()
     assert not handle.enabled
-    assert handle not in _events._listeners
+    assert handle not in feed._listeners
     assert (
         registry.get_sample_value("unstall_loop_lag_seconds_count", {"thread": "MainThread"})
         is None
@@ -187,7 +187,7 @@ def test_enabling_twice_on_one_registry_is_a_clear_error(registry: CollectorRegi
         with pytest.raises(ValueError, match="already in this Prometheus registry"):
             enable_metrics(prometheus=True, registry=registry)
         other = enable_metrics(prometheus=True, registry=registry, prefix="svc")
-        _events.emit_lag("l", "MainThread", 0.01)
+        feed.emit_lag("l", "MainThread", 0.01)
         assert (
             registry.get_sample_value("svc_loop_lag_seconds_count", {"thread": "MainThread"}) == 1
         )
@@ -210,7 +210,7 @@ def test_enabling_twice_on_one_registry_is_a_clear_error(registry: CollectorRegi
 def test_bad_arguments(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         enable_metrics(**kwargs)
-    assert not [x for x in _events._listeners if isinstance(x, Metrics)]
+    assert not [x for x in feed._listeners if isinstance(x, Metrics)]
 
 
 @pytest.mark.parametrize(

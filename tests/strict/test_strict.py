@@ -25,7 +25,7 @@ import pytest
 
 import unstall
 from unstall._exceptions import BlockingCallWarning
-from unstall._strict import api as _strict
+from unstall._strict import api
 from unstall._strict.api import covered_calls
 from unstall._strict.config import _cached
 
@@ -522,7 +522,7 @@ def test_scope_follows_the_context_into_to_thread() -> None:
 def test_install_is_process_wide_and_uninstall_restores() -> None:
     write = io.TextIOWrapper.write
     sleep = time.sleep
-    uninstall = _strict.install(action="raise")
+    uninstall = api.install(action="raise")
     try:
         assert io.TextIOWrapper.write is not write
 
@@ -549,7 +549,7 @@ def test_install_is_process_wide_and_uninstall_restores() -> None:
 
 
 def test_innermost_scope_wins_over_install() -> None:
-    uninstall = _strict.install(action="raise")
+    uninstall = api.install(action="raise")
     try:
         with pytest.warns(BlockingCallWarning):
             in_loop(_blocking_helper, action="warn")

@@ -18,7 +18,7 @@ import unstall
 from fixtures import blocking
 from fixtures.blocking import line_of
 from unstall import Stall, Watcher
-from unstall._watch import faultdump as _faultdump
+from unstall._watch import faultdump
 
 THRESHOLD = 0.1
 
@@ -64,7 +64,7 @@ def test_parse_reads_every_thread_outermost_first() -> None:
         text = f.read()
     done.set()
     thread.join()
-    dump = _faultdump.parse(text, 12.5)
+    dump = faultdump.parse(text, 12.5)
     assert dump.t == 12.5
     frames, truncated = dump.threads[thread.ident]  # type: ignore[index]
     assert not truncated
@@ -86,7 +86,7 @@ def test_parse_marks_stacks_faulthandler_truncated() -> None:
             return f.read()
 
     text = deep(150)
-    dump = _faultdump.parse(text.replace("Stack", f"Thread {threading.get_ident():#x}"), 0.0)
+    dump = faultdump.parse(text.replace("Stack", f"Thread {threading.get_ident():#x}"), 0.0)
     frames, truncated = dump.threads[threading.get_ident()]
     assert truncated
     assert len(frames) == 100
@@ -121,12 +121,12 @@ def test_c_call_150_frames_deep_keeps_its_culprit(sum_n: int) -> None:
 
 @pytest.fixture
 def faulthandler_on() -> Iterator[None]:
-    saved = _faultdump._enabled
-    _faultdump.enable()
+    saved = faultdump._enabled
+    faultdump.enable()
     try:
         yield
     finally:
-        _faultdump.enable(saved)
+        faultdump.enable(saved)
 
 
 @pytest.mark.usefixtures("faulthandler_on")
@@ -156,7 +156,7 @@ def test_faulthandler_dump_150_frames_deep_is_completed_by_the_sampler(sum_n: in
 def test_someone_elses_timer_is_left_alone(
     sum_n: int, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_faultdump, "_said_foreign", False)
+    monkeypatch.setattr(faultdump, "_said_foreign", False)
     fd, path = tempfile.mkstemp()
     try:
         faulthandler.dump_traceback_later(0.3, file=fd)  # e.g. pytest's faulthandler_timeout
@@ -168,16 +168,16 @@ def test_someone_elses_timer_is_left_alone(
         faulthandler.cancel_dump_traceback_later()
         os.close(fd)
         os.unlink(path)
-    assert _faultdump.available()  # cancelled by its owner: ours again
+    assert faultdump.available()  # cancelled by its owner: ours again
     stall = only(watcher)
     assert stall.method == "sampler"
     assert "faulthandler's timer is in use" in caplog.text
-    assert sys.modules["faulthandler"].dump_traceback_later is _faultdump._arm_wrapper
+    assert sys.modules["faulthandler"].dump_traceback_later is faultdump._arm_wrapper
 
 
 def test_off_by_default() -> None:
     assert os.environ.get("UNSTALL_FAULTHANDLER") != "1"
-    assert not _faultdump.available()
+    assert not faultdump.available()
 
 
 @pytest.mark.usefixtures("faulthandler_on")

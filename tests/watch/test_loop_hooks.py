@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 import uvloop
 
-from unstall._watch import loop_hooks as _loop_hooks
+from unstall._watch import loop_hooks
 
 Seen = list[tuple[str, bool, str]]
 
@@ -22,12 +22,12 @@ def seen() -> Iterator[Seen]:
     def listener(loop: asyncio.AbstractEventLoop, started: bool) -> None:
         events.append((type(loop).__name__, started, threading.current_thread().name))
 
-    _loop_hooks.install()
-    _loop_hooks.set_listener(listener)
+    loop_hooks.install()
+    loop_hooks.set_listener(listener)
     try:
         yield events
     finally:
-        _loop_hooks.set_listener(None)
+        loop_hooks.set_listener(None)
 
 
 async def nothing() -> None:
@@ -67,19 +67,19 @@ def test_a_failing_listener_does_not_break_the_loop(caplog: pytest.LogCaptureFix
     def broken(loop: asyncio.AbstractEventLoop, started: bool) -> None:
         raise RuntimeError("hook bug")
 
-    _loop_hooks.install()
-    _loop_hooks.set_listener(broken)
+    loop_hooks.install()
+    loop_hooks.set_listener(broken)
     try:
         assert asyncio.run(asyncio.sleep(0, result=42)) == 42
     finally:
-        _loop_hooks.set_listener(None)
+        loop_hooks.set_listener(None)
     assert "hook bug" in caplog.text
 
 
 def test_without_listener_the_hook_only_forwards() -> None:
-    _loop_hooks.install()
-    _loop_hooks.set_listener(None)
-    assert asyncio.events._set_running_loop is _loop_hooks._set_running_loop
+    loop_hooks.install()
+    loop_hooks.set_listener(None)
+    assert asyncio.events._set_running_loop is loop_hooks._set_running_loop
     assert asyncio.run(asyncio.sleep(0, result="ok")) == "ok"
 
 
@@ -92,9 +92,9 @@ def test_running_loops_finds_a_loop_running_in_another_thread() -> None:
         while not loop.is_running():
             assert time.monotonic() < deadline
             time.sleep(0.01)
-        assert any(found is loop for found in _loop_hooks.running_loops())
+        assert any(found is loop for found in loop_hooks.running_loops())
     finally:
         loop.call_soon_threadsafe(loop.stop)
         thread.join()
         loop.close()
-    assert all(found is not loop for found in _loop_hooks.running_loops())
+    assert all(found is not loop for found in loop_hooks.running_loops())

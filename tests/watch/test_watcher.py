@@ -516,7 +516,7 @@ def test_stop_from_inside_on_stall_is_fine() -> None:
 
 
 def test_lag_and_stalls_reach_the_events_feed() -> None:
-    from unstall._report import feed as _events
+    from unstall._report import feed
 
     lags: list[tuple[str, str, float]] = []
     stalls: list[Stall] = []
@@ -529,11 +529,11 @@ def test_lag_and_stalls_reach_the_events_feed() -> None:
             stalls.append(stall)
 
     listener = Listener()
-    _events.subscribe(listener)
+    feed.subscribe(listener)
     try:
         watcher, _truth = run_watched(blocked(blocking.sleep_block, 0.3))
     finally:
-        _events.unsubscribe(listener)
+        feed.unsubscribe(listener)
     stall = only(watcher)
     assert stalls == [stall]
     mine = [(thread, lag) for loop_id, thread, lag in lags if loop_id == stall.loop]

@@ -30,7 +30,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, ParamSpec, TypeVar
 
-from unstall._offload import inbox as _inbox
+from unstall._offload import inbox
 from unstall._offload.inbox import Inbox, inbox_for
 from unstall._offload.target import CancelMode
 from unstall._offload.worker_context import _local, cancelled
@@ -575,11 +575,11 @@ async def to_thread(func: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) 
     # ThreadPool.submit inlined: this is the hot path.
     pool = _default or default_thread_pool()
     loop = asyncio.get_running_loop()
-    inbox = _inbox._last
-    if inbox is None or inbox.loop_ref() is not loop:
-        inbox = inbox_for(loop)
+    target = inbox._last
+    if target is None or target.loop_ref() is not loop:
+        target = inbox_for(loop)
     fut: asyncio.Future[T] = loop.create_future()
-    job = _Job(func, args, kwargs, fut, inbox)
+    job = _Job(func, args, kwargs, fut, target)
     pool._put(job)
     try:
         return await fut

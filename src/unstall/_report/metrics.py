@@ -27,7 +27,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from unstall._report import feed as _events
+from unstall._report import feed
 from unstall._report.records import Stall
 
 __all__ = ["LAG_BUCKETS", "Metrics", "enable_metrics"]
@@ -225,7 +225,7 @@ class Metrics:
         if not self._enabled:
             return
         self._enabled = False
-        _events.unsubscribe(self)
+        feed.unsubscribe(self)
         for sink in self._sinks:
             sink.close()
 
@@ -307,5 +307,5 @@ def enable_metrics(
     if prometheus:
         sinks.append(_Prometheus(registry, prefix, buckets))
     handle = Metrics(sinks, max_culprits)
-    _events.subscribe(handle)
+    feed.subscribe(handle)
     return handle

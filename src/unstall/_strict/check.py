@@ -13,15 +13,14 @@ from asyncio import _get_running_loop
 from collections.abc import Callable
 from typing import Any
 
-from unstall._strict import patch as _strict_patch
-from unstall._strict import report as _strict_report
+from unstall._strict import patch, report
 from unstall._strict.allow import DEFAULT_ALLOW, AllowList, callback_frames, own_frames
 from unstall._strict.report import Policy, build_error, describe, emit, site
 from unstall._strict.rules import AUDIT_RULES, PATCHES, THIRD_PARTY_PATCHES, Patch, Rule
 
 __all__ = ["Policy", "acquire", "add_process_policy", "release", "remove_process_policy", "scope"]
 
-_OWN_FILES = frozenset({__file__, _strict_patch.__file__, _strict_report.__file__})
+_OWN_FILES = frozenset({__file__, patch.__file__, report.__file__})
 _SLEEP_AUDITED = sys.version_info >= (3, 13)
 _DEFAULTS = AllowList.compile(DEFAULT_ALLOW)
 
@@ -35,7 +34,7 @@ _tls = threading.local()  # .depth is True while a checked call runs on this thr
 _state_lock = threading.Lock()
 _users = 0  # active scopes + installs; wrappers are in place while > 0
 _active = False  # read by the audit hook on every event: keep it a plain global
-_applied: list[_strict_patch.Applied] = []
+_applied: list[patch.Applied] = []
 _hook_added = False
 
 
@@ -59,9 +58,9 @@ def _judge(rule: Rule, args: tuple[Any, ...], method: bool, policy: Policy) -> N
     emit(policy, error, site(frames, rule))
 
 
-def _wrap(patch: Patch, original: Callable[..., Any]) -> Callable[..., Any]:
-    rule = patch.rule
-    method = ":" in patch.owner
+def _wrap(spec: Patch, original: Callable[..., Any]) -> Callable[..., Any]:
+    rule = spec.rule
+    method = ":" in spec.owner
 
     @functools.wraps(original)
     def checked(*args: Any, **kwargs: Any) -> Any:
@@ -110,8 +109,8 @@ def acquire() -> None:
             sys.addaudithook(_audit_hook)  # permanent by design: audit hooks cannot be removed
             _hook_added = True
         patches = [p for p in PATCHES if not (p.rule.call == "time.sleep" and _SLEEP_AUDITED)]
-        _applied.extend(_strict_patch.apply(patches, _wrap))
-        _applied.extend(_strict_patch.apply(THIRD_PARTY_PATCHES, _wrap, third_party=True))
+        _applied.extend(patch.apply(patches, _wrap))
+        _applied.extend(patch.apply(THIRD_PARTY_PATCHES, _wrap, third_party=True))
         _active = True
 
 
@@ -122,7 +121,7 @@ def release() -> None:
         if _users > 0:
             return
         _active = False
-        _strict_patch.restore(_applied)
+        patch.restore(_applied)
         _applied.clear()
 
 

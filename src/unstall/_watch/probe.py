@@ -22,7 +22,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from unstall._report import feed as _events
+from unstall._report import feed
 from unstall._report.records import LoopInfo
 from unstall._watch.threadclock import ThreadClock
 
@@ -240,7 +240,7 @@ class LoopProbe:
         if lag < 0:
             lag = 0.0
         self._record_lag(now, lag)
-        _events.emit_lag(self.id, self.thread, lag)
+        feed.emit_lag(self.id, self.thread, lag)
         if not self.exact:
             self._end_late(now)
             if self._want_reading:

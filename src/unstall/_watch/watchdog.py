@@ -19,10 +19,9 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from unstall._report import feed as _events
+from unstall._report import feed
 from unstall._report.records import LoopInfo, Stall
-from unstall._watch import faultdump as _faultdump
-from unstall._watch import loop_hooks as _loop_hooks
+from unstall._watch import faultdump, loop_hooks
 from unstall._watch.attribution import CPU_RATIO, LoopMeta, build_stall, split_by_callback
 from unstall._watch.probe import LoopProbe, Reading
 from unstall._watch.sampler import Sample, capture
@@ -100,11 +99,11 @@ class Monitor:
     # -- watchers ------------------------------------------------------------------------
 
     def add(self, watcher: Subscription) -> None:
-        _loop_hooks.install()
+        loop_hooks.install()
         with self._lock:
             self._watchers.append(watcher)
             self._retune()
-            _loop_hooks.set_listener(self._on_loop)
+            loop_hooks.set_listener(self._on_loop)
             if self._thread is None:
                 self._stop_event = threading.Event()
                 self._thread = threading.Thread(
@@ -113,7 +112,7 @@ class Monitor:
                 self._thread.start()
         target = watcher.loop
         if target is None:
-            for loop in _loop_hooks.running_loops():
+            for loop in loop_hooks.running_loops():
                 self._attach_running(loop)
         else:
             self._attach_running(target)
@@ -132,13 +131,13 @@ class Monitor:
                     del self._probes[key]
                     self._tracks.pop(key, None)
             if not self._watchers:
-                _loop_hooks.set_listener(None)
+                loop_hooks.set_listener(None)
                 thread, self._thread = self._thread, None
                 self._stop_event.set()
         if thread is not None and thread is not threading.current_thread():
             thread.join()
         if thread is not None:
-            _faultdump.disarm()
+            faultdump.disarm()
 
     def _retune(self) -> None:
         if self._watchers:
@@ -183,7 +182,7 @@ class Monitor:
             probe.start(mid_iteration)
             # Arm the faulthandler timer now: the loop may enter C code holding the GIL
             # before the watchdog thread runs again.
-            self._merge_dumps(_faultdump.tick(_monotonic(), True, self.threshold))
+            self._merge_dumps(faultdump.tick(_monotonic(), True, self.threshold))
 
     def _detach(self, probe: LoopProbe) -> None:
         probe.unwrap()
@@ -256,7 +255,7 @@ class Monitor:
         with self._lock:
             now = _monotonic()
             active = any(p.running for p in self._probes.values())
-            dumps = _faultdump.tick(now, active and self._watchers != [], self.threshold)
+            dumps = faultdump.tick(now, active and self._watchers != [], self.threshold)
             if dumps:
                 self._merge_dumps(dumps)
             for key, probe in list(self._probes.items()):
@@ -412,7 +411,7 @@ class Monitor:
             if watcher.wants(probe.loop) and stall.duration_s >= watcher.threshold:
                 deliveries.append((watcher.on_hang, stall))
 
-    def _merge_dumps(self, dumps: list[_faultdump.Dump]) -> None:
+    def _merge_dumps(self, dumps: list[faultdump.Dump]) -> None:
         """Add each dump, as a sample, to the loop iteration it fell in (if any)."""
         for dump in dumps:
             for key, probe in self._probes.items():
@@ -441,7 +440,7 @@ class Monitor:
 
 
 def _emit(stall: Stall) -> None:
-    _events.emit_stall(stall)
+    feed.emit_stall(stall)
 
 
 monitor = Monitor()
