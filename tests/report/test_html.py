@@ -304,7 +304,7 @@ def test_no_stalls(chromium: str, tmp_path: Path) -> None:
     _assert_clean(r)
     assert r.dom.bars == {}
     assert r.dom.lag_lines == 1
-    assert "No stalls: every callback returned within 100 ms." in " ".join(r.dom.text)
+    assert "No stalls: every callback returned within 0.10 s." in " ".join(r.dom.text)
 
 
 def test_nothing_recorded(chromium: str, tmp_path: Path) -> None:

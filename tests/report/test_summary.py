@@ -12,13 +12,8 @@ from pathlib import Path
 import pytest
 
 from unstall import Frame, LoopInfo, Report, Stall
-from unstall._report.summary import (
-    display_path,
-    format_duration,
-    render_hang_line,
-    render_summary,
-    should_color,
-)
+from unstall._report.format import short_path, should_color
+from unstall._report.summary import render_hang_line, render_summary
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -130,13 +125,13 @@ def test_groups_by_culprit_costliest_first_with_counts(report: Report, tmp_path:
     text = render_summary(report, color=False, cwd=str(tmp_path), width=120)
     lines = text.splitlines()
     assert lines[0].startswith("unstall: the event loop stalled 3 times, 4.25 s in total")
-    assert "threshold 0.1 s" in lines[0]
-    assert "watched 12.5 s" in lines[0]
+    assert "threshold 0.10 s" in lines[0]
+    assert "watched 12.50 s" in lines[0]
     first = next(i for i, line in enumerate(lines) if "app.py:7 in slow_function" in line)
     second = next(i for i, line in enumerate(lines) if "app.py:20 in crunch" in line)
     assert first < second
     assert re.search(r"2x\s+4\.00 s\s+3\.00 s\s+app\.py:7 in slow_function", lines[first])
-    assert re.search(r"1x\s+250 ms\s+250 ms\s+app\.py:20 in crunch", lines[second])
+    assert re.search(r"1x\s+0\.25 s\s+0\.25 s\s+app\.py:20 in crunch", lines[second])
     block = "\n".join(lines[first:second])
     assert "7 | time.sleep(3)" in block
     assert "call: time.sleep" in block
@@ -155,9 +150,9 @@ def test_columns_are_aligned(report: Report, tmp_path: Path) -> None:
 
 def test_paths_relative_inside_cwd_absolute_outside(tmp_path: Path) -> None:
     inside = str(tmp_path / "pkg" / "mod.py")
-    assert display_path(inside, str(tmp_path)) == os.path.join("pkg", "mod.py")
+    assert short_path(inside, str(tmp_path)) == os.path.join("pkg", "mod.py")
     outside = "/somewhere/else/mod.py"
-    assert display_path(outside, str(tmp_path)) == outside
+    assert short_path(outside, str(tmp_path)) == outside
     text = render_summary(
         Report(0.1, [_stall(outside, 3, "f", 0.5)], duration_s=1), color=False, cwd=str(tmp_path)
     )
@@ -206,29 +201,24 @@ def test_many_places_are_capped_with_a_pointer_to_the_json(tmp_path: Path) -> No
 def test_no_stalls_is_one_line_with_threshold_and_watch_time() -> None:
     one_loop = [LoopInfo("a", "MainThread", 1)]
     text = render_summary(Report(0.25, [], loops=one_loop, duration_s=4.2), color=True)
-    assert text == "unstall: the loop never stalled above 0.25 s (watched 4.2 s, 1 loop)."
+    assert text == "unstall: the loop never stalled above 0.25 s (watched 4.20 s, 1 loop)."
     text = render_summary(Report(0.1, [], duration_s=0.3))
-    assert text == "unstall: no asyncio event loop ran, so nothing stalled (watched 0.3 s)."
+    assert text == "unstall: no asyncio event loop ran, so nothing stalled (watched 0.30 s)."
     two_loops = [LoopInfo("a", "MainThread", 1), LoopInfo("b", "t", 2)]
     text = render_summary(Report(0.1, [], loops=two_loops, duration_s=1.0))
-    assert text == "unstall: the loop never stalled above 0.1 s (watched 1.0 s, 2 loops)."
+    assert text == "unstall: the loop never stalled above 0.10 s (watched 1.00 s, 2 loops)."
 
 
 def test_hang_line_names_thread_duration_place_and_code(tmp_path: Path) -> None:
     stall = _stall(str(tmp_path / "app.py"), 12, "handler", 2.04, ongoing=True)
     line = render_hang_line(stall, cwd=str(tmp_path))
     assert (
-        line == "unstall: loop in MainThread stuck for 2.0s at app.py:12 in handler: time.sleep(3)"
+        line
+        == "unstall: loop in MainThread stuck for 2.04 s at app.py:12 in handler: time.sleep(3)"
     )
     coloured = render_hang_line(stall, color=True, cwd=str(tmp_path))
     assert ANSI.sub("", coloured) == line
     bare = Stall(0.0, 0.3, "T", 1, "l", call="socket.socket.recv")
     assert render_hang_line(bare) == (
-        "unstall: loop in T stuck for 0.3s at an unknown place: socket.socket.recv(...)"
+        "unstall: loop in T stuck for 0.30 s at an unknown place: socket.socket.recv(...)"
     )
-
-
-def test_durations_are_readable() -> None:
-    assert format_duration(0.1234) == "123 ms"
-    assert format_duration(3.0) == "3.00 s"
-    assert format_duration(61.5) == "61.50 s"

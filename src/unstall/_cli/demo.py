@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import IO
 
 from unstall._exceptions import ReportError
+from unstall._report.format import format_duration, short_path, should_color
 from unstall._report.records import Report
-from unstall._report.summary import display_path, format_duration, should_color
 
 __all__ = ["BLOCKING_SCRIPT", "FIXED_SCRIPT", "main"]
 
@@ -147,7 +147,7 @@ def _culprit_story(say: _Narrator, run: _Run, workdir: str) -> bool:
     if worst is None or worst.culprit is None or worst.culprit.function != "slow_function":
         say.say("  Hmm: the watcher did not name slow_function this time (see above).", "red")
         return False
-    where = f"{display_path(worst.culprit.file, workdir)}:{worst.culprit.line}"
+    where = f"{short_path(worst.culprit.file, workdir)}:{worst.culprit.line}"
     say.say(
         f"  Found it: slow_function() at {where} held the loop for "
         f"{format_duration(worst.duration_s)}, inside {worst.call or 'a blocking call'}."

@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable
 from typing import NoReturn
 
 from unstall._exceptions import ReportError
 from unstall._report.records import Report
+from unstall._report.writers import WRITERS
 
 __all__ = ["main"]
 
@@ -31,25 +31,18 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="unstall report", description=_DESCRIPTION)
     parser.add_argument("report", metavar="FILE.json", help="a report saved with --json")
-    parser.add_argument("--html", metavar="FILE", help="write the HTML timeline to FILE")
-    parser.add_argument("--trace", metavar="FILE", help="write a Chrome/Perfetto trace to FILE")
-    parser.add_argument("--json", metavar="FILE", help="write the report as JSON to FILE")
+    for writer in _OPTION_ORDER:
+        parser.add_argument(writer.option, metavar="FILE", help=f"write {writer.describes} to FILE")
     return parser
 
 
-def _writers() -> dict[str, Callable[[Report, str], None]]:
-    from unstall._report.html import write_html
-    from unstall._report.trace import write_trace
-
-    return {
-        "html": write_html,
-        "trace": write_trace,
-        "json": lambda report, path: report.write(path),
-    }
+# The order the files are written in (and listed in --help): as it always was.
+_OPTION_ORDER = [WRITERS[name] for name in ("html", "trace", "json")]
 
 
 def _summary(report: Report) -> str:
-    from unstall._report.summary import render_summary, should_color
+    from unstall._report.format import should_color
+    from unstall._report.summary import render_summary
 
     return render_summary(report, color=should_color(sys.stdout))
 
@@ -62,18 +55,17 @@ def main(argv: list[str]) -> int:
     except ReportError as exc:
         print(f"unstall report: {exc}", file=sys.stderr)
         return 2
-    outputs = [(kind, getattr(opts, kind)) for kind in ("html", "trace", "json")]
-    outputs = [(kind, path) for kind, path in outputs if path]
+    outputs = [(w, getattr(opts, w.name)) for w in _OPTION_ORDER]
+    outputs = [(writer, path) for writer, path in outputs if path]
     if not outputs:
         print(_summary(report))
         return 0
-    writers = _writers()
-    for kind, path in outputs:
+    for writer, path in outputs:
         try:
-            writers[kind](report, path)
+            writer.write(report, path)
         except OSError as exc:
             reason = exc.strerror or str(exc)
             print(f"unstall report: cannot write {os.fspath(path)!r}: {reason}", file=sys.stderr)
             return 2
-        print(f"unstall: wrote {kind} to {path}", file=sys.stderr)
+        print(f"unstall: wrote {writer.name} to {path}", file=sys.stderr)
     return 0

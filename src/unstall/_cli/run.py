@@ -17,7 +17,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
-import importlib
 import math
 import os
 import signal
@@ -26,11 +25,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TextIO, TypeVar
+from typing import TextIO, TypeVar
 
 from unstall._cli.launch import LaunchError, Outcome, execute, is_launch_frame, prepare
+from unstall._report.format import should_color
 from unstall._report.records import Report, Stall
-from unstall._report.summary import render_hang_line, render_summary, should_color
+from unstall._report.summary import render_hang_line, render_summary
+from unstall._report.writers import WRITERS, Writer
 
 __all__ = ["main"]
 
@@ -76,8 +77,14 @@ class Options:
     script: str | None = None
     args: list[str] = field(default_factory=list)
 
+    def outputs(self) -> list[tuple[Writer, str]]:
+        """The files asked for, each with its writer: ``--json`` first."""
+        paths = ((w, getattr(self, w.name)) for w in WRITERS.values())
+        return [(w, path) for w, path in paths if path]
 
-_VALUED = {"--threshold": "threshold", "--json": "json", "--html": "html", "--trace": "trace"}
+
+# Every report writer is an option of its own name (--json, --html, --trace).
+_VALUED = {"--threshold": "threshold", **{w.option: w.name for w in WRITERS.values()}}
 _FLAGS = {"--quiet": "quiet", "-q": "quiet", "--strict": "strict"}
 
 
@@ -147,11 +154,11 @@ class Session:
         self._done = False
         self._color = False
         self._uninstall_strict: Callable[[], None] | None = None
-        self._writers = _load_writers(opts)
+        self._json = WRITERS["json"]
         self._started_at, self._started_mono = time.time(), time.monotonic()
-        for flag, path in (("--json", opts.json), ("--html", opts.html), ("--trace", opts.trace)):
-            if path:
-                _check_writable(path, flag)
+        for writer, path in opts.outputs():
+            _check_writable(path, writer.option)
+            _load_writer(writer)
         from unstall._watch.watcher import watch
 
         global _stderr
@@ -169,7 +176,7 @@ class Session:
             raise UsageError(f"cannot start the watcher: {exc!r}") from None
         if opts.json:
             try:  # an empty report now: proves the path works, and a kill leaves a file
-                self.report().write(opts.json)
+                self._json.write(self.report(), opts.json)
             except OSError as exc:
                 self.watcher.stop()
                 raise UsageError(
@@ -221,7 +228,7 @@ class Session:
             self._dirty.clear()
             if report is None and self._done:
                 return  # the final report is written by finish()
-            (report or self.report()).write(self.opts.json)
+            self._json.write(report or self.report(), self.opts.json)
         except OSError as exc:
             _say(f"unstall run: cannot write {self.opts.json!r}: {exc.strerror or exc}")
         finally:
@@ -249,10 +256,9 @@ class Session:
         _say(render_summary(report, color=self._color))
         if self.opts.json:
             self._write_json(report)
-        for attr, path in (("html", self.opts.html), ("trace", self.opts.trace)):
-            writer = self._writers.get(attr)
-            if path and writer is not None:
-                _call_quietly(functools.partial(writer, report, path), f"write {path!r}")
+        for writer, path in self.opts.outputs():
+            if writer is not self._json:  # written above, under the rewrite lock
+                _call_quietly(functools.partial(writer.write, report, path), f"write {path!r}")
         _flush_std()
 
     def _final_report(self) -> Report:
@@ -321,30 +327,23 @@ def _without_runner(stall: Stall) -> Stall:
     return stall
 
 
-def _load_writers(opts: Options) -> dict[str, Callable[[Report, str], None]]:
-    wanted = {"html": (opts.html, "unstall._report.html", "write_html")}
-    wanted["trace"] = (opts.trace, "unstall._report.trace", "write_trace")
-    writers: dict[str, Callable[[Report, str], None]] = {}
-    for key, (path, module, func) in wanted.items():
-        if path:
-            writers[key] = _import_attr(module, func, f"--{key}")
-    return writers
+def _load_writer(writer: Writer) -> None:
+    """Import the writer's renderer now: once the program runs, its ``sys.path`` and its
+    own modules (an ``html.py`` next to the script...) could shadow what it imports."""
+    try:
+        writer.load()
+    except ImportError as exc:
+        raise UsageError(
+            f"{writer.option} is not available in this build of unstall: {exc}"
+        ) from None
 
 
 def _load_strict() -> Callable[[], None]:
-    install = _import_attr("unstall._strict.api", "install", "--strict")
-    uninstall = install(action="warn")
-    if not callable(uninstall):
-        raise UsageError("--strict is not available: strict mode did not return an uninstaller")
-    return uninstall  # type: ignore[no-any-return]
-
-
-def _import_attr(module: str, name: str, option: str) -> Any:
     try:
-        value = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
-        raise UsageError(f"{option} is not available in this build of unstall") from None
-    return value
+        from unstall._strict.api import install
+    except ImportError as exc:
+        raise UsageError(f"--strict is not available in this build of unstall: {exc}") from None
+    return install(action="warn")
 
 
 def _check_writable(path: str, option: str) -> None:

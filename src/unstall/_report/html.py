@@ -16,12 +16,11 @@ import os
 import time
 from collections.abc import Sequence
 from importlib import resources
-from pathlib import Path
 from string import Template
 from typing import Any
 
+from unstall._report.format import format_duration, short_path, write_atomic
 from unstall._report.records import Frame, LoopInfo, Report, Stall, group_by_culprit
-from unstall._report.trace import _write_atomic
 
 __all__ = ["render_html", "write_html"]
 
@@ -49,8 +48,8 @@ $stats
 <div class="card-head">
 <h2 id="timeline-title">Timeline</h2>
 <ul class="legend" aria-label="legend">
-<li><i class="sw sev-minor"></i>&lt; 250 ms</li>
-<li><i class="sw sev-moderate"></i>250 ms &ndash; 1 s</li>
+<li><i class="sw sev-minor"></i>&lt; 0.25 s</li>
+<li><i class="sw sev-moderate"></i>0.25 s &ndash; 1 s</li>
 <li><i class="sw sev-severe"></i>&ge; 1 s</li>
 <li><i class="sw sev-hang"></i>hang (still blocked)</li>
 <li><i class="sw lag"></i>loop lag</li>
@@ -108,7 +107,8 @@ def _lanes(report: Report) -> list[LoopInfo]:
 
 
 def _frame(frame: Frame | None) -> dict[str, Any] | None:
-    return None if frame is None else frame.to_dict()
+    """The frame's JSON form, plus ``short``: its file as :func:`short_path` shows it."""
+    return None if frame is None else {**frame.to_dict(), "short": short_path(frame.file)}
 
 
 def _stall(
@@ -131,7 +131,7 @@ def _stall(
         "loop": stall.loop,
         # indices into the payload's frame table: deep stacks repeat across stalls
         "stack": [frames.setdefault(f, len(frames)) for f in stall.stack],
-        "samples": [s.to_dict() for s in stall.samples],
+        "samples": [{**s.to_dict(), "short": short_path(s.frame.file)} for s in stall.samples],
         "sample_count": stall.sample_count,
         "method": stall.method,
         "fix": stall.fix_hint,
@@ -170,28 +170,9 @@ def _payload(report: Report) -> dict[str, Any]:
             for loop in lanes
         ],
         "stalls": stalls,
-        "frames": [f.to_dict() for f in frames],
+        "frames": [_frame(f) for f in frames],
         "groups": [[index_of[id(m)] for m in members] for _, members in groups],
     }
-
-
-def fmt_duration(seconds: float) -> str:
-    """``420 ms``, ``2.60 s``, ``3 min 05 s``: precise enough to compare at a glance."""
-    if seconds < 1:
-        return f"{seconds * 1000:.0f} ms"
-    if seconds < 60:
-        return f"{seconds:.2f} s"
-    minutes, rest = divmod(round(seconds), 60)
-    return f"{minutes} min {rest:02d} s"
-
-
-def short_path(path: str) -> str:
-    """The part of a path that identifies it: after ``site-packages/``, else its last two parts."""
-    marker = "site-packages/"
-    if marker in path:
-        return path.split(marker, 1)[1]
-    parts = path.replace("\\", "/").rstrip("/").split("/")
-    return "/".join(parts[-2:])
 
 
 def _stats(report: Report) -> str:
@@ -200,11 +181,11 @@ def _stats(report: Report) -> str:
     hangs = [s for s in report.stalls if s.ongoing]
     share = f"{100 * blocked / report.duration_s:.0f}% of the run" if report.duration_s else ""
     cards = [
-        ("stalls", str(len(report.stalls)), f"over {fmt_duration(report.threshold_s)}", ""),
-        ("blocked", fmt_duration(blocked), share, ""),
+        ("stalls", str(len(report.stalls)), f"over {format_duration(report.threshold_s)}", ""),
+        ("blocked", format_duration(blocked), share, ""),
         (
             "worst",
-            fmt_duration(worst.duration_s) if worst else "-",
+            format_duration(worst.duration_s) if worst else "-",
             (worst.culprit.function if worst and worst.culprit else ""),
             "bad" if worst and worst.duration_s >= 1 else "",
         ),
@@ -212,7 +193,7 @@ def _stats(report: Report) -> str:
     ]
     if hangs:
         cards.append(
-            ("hang", fmt_duration(hangs[0].duration_s), "still blocked at the end", "hang")
+            ("hang", format_duration(hangs[0].duration_s), "still blocked at the end", "hang")
         )
     items = "".join(
         f'<div class="stat {cls}"><span class="k">{label}</span><span class="v">{html.escape(value)}</span>'
@@ -240,7 +221,7 @@ def _table(report: Report) -> str:
     if not groups:
         return (
             '<p class="empty ok">No stalls: every callback returned within '
-            f"{html.escape(fmt_duration(report.threshold_s))}.</p>"
+            f"{html.escape(format_duration(report.threshold_s))}.</p>"
         )
     rows = []
     for g, (culprit, members) in enumerate(groups):
@@ -251,8 +232,8 @@ def _table(report: Report) -> str:
             f'<tr data-group="{g}" tabindex="0">{_culprit_cell(culprit)}'
             f'<td data-label="kind">{html.escape(", ".join(kinds))}</td>'
             f'<td class="num" data-label="stalls">{len(members)}</td>'
-            f'<td class="num" data-label="total">{fmt_duration(sum(s.duration_s for s in members))}</td>'
-            f'<td class="num" data-label="worst">{fmt_duration(worst.duration_s)}{hang}</td>'
+            f'<td class="num" data-label="total">{format_duration(sum(s.duration_s for s in members))}</td>'
+            f'<td class="num" data-label="worst">{format_duration(worst.duration_s)}{hang}</td>'
             f'<td class="fix" data-label="fix">{html.escape(worst.fix_hint)}</td></tr>'
         )
     head = (
@@ -273,8 +254,8 @@ def render_html(report: Report) -> str:
         else "at an unknown time"
     )
     subtitle = (
-        f"started {started} &middot; watched {html.escape(fmt_duration(report.duration_s))}"
-        f" &middot; stall threshold {html.escape(fmt_duration(report.threshold_s))}"
+        f"started {started} &middot; watched {html.escape(format_duration(report.duration_s))}"
+        f" &middot; stall threshold {html.escape(format_duration(report.threshold_s))}"
     )
     return _PAGE.substitute(
         version=html.escape(__version__),
@@ -296,4 +277,4 @@ def write_html(report: Report, path: str | os.PathLike[str]) -> None:
     Raises:
         OSError: the file cannot be written.
     """
-    _write_atomic(Path(path), render_html(report))
+    write_atomic(path, render_html(report))

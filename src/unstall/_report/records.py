@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from unstall._exceptions import ReportError
+from unstall._report.format import write_atomic
 
 __all__ = ["Aggregate", "Frame", "LoopInfo", "Report", "Stall", "StallKind"]
 
@@ -326,11 +327,12 @@ class Report:
         return json.dumps(self.to_dict(), indent=indent)
 
     def write(self, path: str | os.PathLike[str]) -> None:
-        """Write the report as JSON, atomically (a reader never sees half a file)."""
-        target = Path(path)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        tmp.write_text(self.to_json(), encoding="utf-8")
-        os.replace(tmp, target)
+        """Write the report as JSON, atomically (a reader never sees half a file).
+
+        Raises:
+            OSError: the file cannot be written; a file already at ``path`` is left as it was.
+        """
+        write_atomic(path, self.to_json())
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Report:

@@ -1,23 +1,20 @@
 """The terminal forms of a report: the end-of-run summary and the live "stuck" line.
 
-Plain text with optional ANSI colour, no dependency. Colour follows the usual conventions:
-``NO_COLOR`` (any non-empty value) turns it off, ``FORCE_COLOR`` turns it on, otherwise it
-is on only when the stream is a terminal and ``TERM`` is not ``dumb``.
+Plain text with optional ANSI colour, no dependency; whether to colour is decided by
+:func:`unstall._report.format.should_color` (``NO_COLOR``, ``FORCE_COLOR``, a terminal).
 """
 
 from __future__ import annotations
 
 import linecache
-import os
 import shutil
-import sys
 from collections import Counter
 from collections.abc import Sequence
-from typing import TextIO
 
+from unstall._report.format import format_duration, short_path, should_color
 from unstall._report.records import Frame, Report, Stall, group_by_culprit
 
-__all__ = ["display_path", "format_duration", "render_hang_line", "render_summary", "should_color"]
+__all__ = ["render_hang_line", "render_summary"]
 
 _MAX_GROUPS = 12
 _RESET = "\033[0m"
@@ -32,21 +29,6 @@ _STYLES = {
 }
 
 
-def should_color(stream: TextIO | None = None) -> bool:
-    """Decide whether to colour output written to ``stream`` (default: ``sys.stderr``)."""
-    if os.environ.get("NO_COLOR"):
-        return False
-    if os.environ.get("FORCE_COLOR", "").lower() not in ("", "0", "false", "no"):
-        return True
-    if os.environ.get("TERM") == "dumb":
-        return False
-    stream = sys.stderr if stream is None else stream
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError, OSError):
-        return False
-
-
 class _Painter:
     def __init__(self, color: bool) -> None:
         self.color = color
@@ -55,23 +37,6 @@ class _Painter:
         if not self.color or not text:
             return text
         return f"\033[{_STYLES[style]}m{text}{_RESET}"
-
-
-def display_path(path: str, cwd: str | None = None) -> str:
-    """``path`` relative to ``cwd`` (default: the current directory) when inside it."""
-    base = os.getcwd() if cwd is None else cwd
-    try:
-        rel = os.path.relpath(path, base)
-    except ValueError:  # another drive on Windows
-        return path
-    return path if rel.startswith(os.pardir) else rel
-
-
-def format_duration(seconds: float) -> str:
-    """``850 ms`` below a second, ``3.00 s`` above."""
-    if seconds < 1.0:
-        return f"{seconds * 1000:.0f} ms"
-    return f"{seconds:.2f} s"
 
 
 def _source_line(frame: Frame) -> str | None:
@@ -84,13 +49,13 @@ def _source_line(frame: Frame) -> str | None:
 def _where(frame: Frame | None, cwd: str | None) -> str:
     if frame is None:
         return "(no frame of your own code was on the stack)"
-    return f"{display_path(frame.file, cwd)}:{frame.line} in {frame.function}"
+    return f"{short_path(frame.file, cwd)}:{frame.line} in {frame.function}"
 
 
 def render_hang_line(stall: Stall, *, color: bool = False, cwd: str | None = None) -> str:
     """One line for a stall still going on, e.g.
 
-    ``unstall: loop in MainThread stuck for 2.0s at app.py:12 in handler: time.sleep(3)``.
+    ``unstall: loop in MainThread stuck for 2.04 s at app.py:12 in handler: time.sleep(3)``.
     """
     paint = _Painter(color)
     where = "an unknown place" if stall.culprit is None else _where(stall.culprit, cwd)
@@ -98,7 +63,7 @@ def render_hang_line(stall: Stall, *, color: bool = False, cwd: str | None = Non
     if what is None and stall.call:
         what = f"{stall.call}(...)"
     tail = f": {what}" if what else ""
-    stuck = paint(f"stuck for {stall.duration_s:.1f}s", "yellow")
+    stuck = paint(f"stuck for {format_duration(stall.duration_s)}", "yellow")
     return f"unstall: loop in {stall.thread} {stuck} at {paint(where, 'where')}{tail}"
 
 
@@ -156,17 +121,19 @@ def _headline(report: Report, paint: _Painter) -> str:
     times = "once" if len(stalls) == 1 else f"{len(stalls)} times"
     return (
         paint(f"unstall: the event loop stalled {times}, {format_duration(total)} in total", "bold")
-        + f" (watched {report.duration_s:.1f} s, threshold {report.threshold_s:g} s)"
+        + f" (watched {format_duration(report.duration_s)},"
+        + f" threshold {format_duration(report.threshold_s)})"
     )
 
 
 def _quiet_line(report: Report) -> str:
     loops = len(report.loops)
-    watched = f"watched {report.duration_s:.1f} s"
+    watched = f"watched {format_duration(report.duration_s)}"
     if not loops:
         return f"unstall: no asyncio event loop ran, so nothing stalled ({watched})."
     watched += f", {loops} loop{'s' if loops != 1 else ''}"
-    return f"unstall: the loop never stalled above {report.threshold_s:g} s ({watched})."
+    above = format_duration(report.threshold_s)
+    return f"unstall: the loop never stalled above {above} ({watched})."
 
 
 def render_summary(

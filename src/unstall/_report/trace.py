@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Any
 
+from unstall._report.format import write_atomic
 from unstall._report.records import Report, Stall
 
 __all__ = ["render_trace", "stall_name", "write_trace"]
@@ -152,13 +152,4 @@ def write_trace(report: Report, path: str | os.PathLike[str]) -> None:
     Raises:
         OSError: the file cannot be written.
     """
-    _write_atomic(Path(path), json.dumps(render_trace(report), separators=(",", ":")))
-
-
-def _write_atomic(target: Path, text: str) -> None:
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, json.dumps(render_trace(report), separators=(",", ":")))

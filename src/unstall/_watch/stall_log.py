@@ -16,6 +16,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from unstall._report.format import format_duration
 from unstall._report.records import Stall
 
 __all__ = ["LIMIT", "WINDOW_S", "StallLog", "log_hang"]
@@ -95,8 +96,8 @@ class StallLog:
         if seen is not None and seen.count:
             self._write_repeats(seen, now)
         self._write(
-            "event loop blocked for %.3fs at %s, in %s, thread %s",
-            stall.duration_s,
+            "event loop blocked for %s at %s, in %s, thread %s",
+            format_duration(stall.duration_s),
             _where(stall),
             _running(stall),
             stall.thread,
@@ -113,11 +114,11 @@ class StallLog:
 
     def _write_repeats(self, repeats: _Repeats, now: float) -> None:
         self._write(
-            "event loop stalled %d more times at %s in the last %.0f s (worst %.3fs)",
+            "event loop stalled %d more times at %s in the last %.0f s (worst %s)",
             repeats.count,
             repeats.where,
             max(now - repeats.since, 1.0),
-            repeats.worst_s,
+            format_duration(repeats.worst_s),
         )
 
     def _write(self, message: str, *args: object) -> None:
@@ -150,8 +151,8 @@ def log_hang(stall: Stall) -> None:
         _hang_logged.clear()
     _hang_logged[key] = stall.duration_s
     _log.warning(
-        "event loop stuck for %.1fs so far at %s, in %s, thread %s",
-        stall.duration_s,
+        "event loop stuck for %s so far at %s, in %s, thread %s",
+        format_duration(stall.duration_s),
         _where(stall),
         _running(stall),
         stall.thread,

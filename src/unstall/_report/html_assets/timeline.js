@@ -30,11 +30,14 @@
     if (parent) parent.appendChild(node);
     return node;
   }
+  // The same format as unstall._report.format.format_duration: 0.050 s, 0.25 s, 1 min 05 s, 1 h 02 min.
   function fmtDur(s) {
-    if (s < 1) return Math.round(s * 1000) + " ms";
-    if (s < 60) return s.toFixed(2) + " s";
-    const m = Math.floor(s / 60), r = Math.round(s - 60 * m);
-    return m + " min " + String(r).padStart(2, "0") + " s";
+    if (Math.round(s * 1000) / 1000 < 0.1) return s.toFixed(3) + " s";
+    if (Math.round(s * 100) / 100 < 60) return s.toFixed(2) + " s";
+    const whole = Math.round(s);
+    if (whole < 3600) return Math.floor(whole / 60) + " min " + String(whole % 60).padStart(2, "0") + " s";
+    const minutes = Math.round(s / 60);
+    return Math.floor(minutes / 60) + " h " + String(minutes % 60).padStart(2, "0") + " min";
   }
   function fmtLag(s) {
     if (s < 1) return +(s * 1000).toPrecision(3) + " ms";
@@ -56,11 +59,8 @@
   }
   function clip(text, n) { text = String(text); return text.length > n ? text.slice(0, n - 1) + "…" : text; }
   function baseName(path) { return String(path).split(/[\\/]/).pop(); }
-  function shortPath(path) {
-    const p = String(path), k = p.indexOf("site-packages/");
-    if (k >= 0) return p.slice(k + 14);
-    return p.split(/[\\/]/).slice(-2).join("/");
-  }
+  // Each frame carries "short": its file as unstall._report.format.short_path shows it.
+  function shortPath(frame) { return frame.short || String(frame.file); }
   function isLibrary(frame) {
     const f = String(frame.file);
     return f.includes("site-packages") || f.includes("/lib/python") || f.startsWith("<");
@@ -352,7 +352,7 @@
       for (const sm of s.samples.slice(0, 5)) {
         const li = h("li", null, null, list);
         h("span", "fn", Math.round((100 * sm.count) / s.sample_count) + "%  " + sm.function, li);
-        h("span", "loc", shortPath(sm.file) + ":" + sm.line, li);
+        h("span", "loc", shortPath(sm) + ":" + sm.line, li);
       }
     }
     h("div", "stack-title", "stack, outermost call first (" + s.stack.length + " frames)", details);
@@ -376,7 +376,7 @@
       const isCulprit = s.culprit && f.file === s.culprit.file && f.line === s.culprit.line;
       const li = h("li", isCulprit ? "culprit" : isLibrary(f) ? "lib" : "", null, list);
       h("span", "fn", f.function, li);
-      const loc = h("span", "loc", shortPath(f.file) + ":" + f.line, li);
+      const loc = h("span", "loc", shortPath(f) + ":" + f.line, li);
       loc.title = f.file + ":" + f.line;
       if (f.code) h("span", "src", f.code, li);
     });
