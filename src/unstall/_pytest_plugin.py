@@ -8,6 +8,9 @@ watcher, no wrapper, no thread) for a test unless asked:
   one that stalls a loop longer than the threshold fails, with culprit, duration, stack.
 * ``pytest --unstall-strict`` or ini ``unstall_strict = true``: strict mode (action
   ``raise``) for every test: a blocking call on a loop fails the test at its line.
+* ``pytest --unstall-json FILE`` (and ``--unstall-html``, ``--unstall-trace``: one option
+  per report writer): watch every test, as ``--unstall``, and after the run write the
+  stalls that failed tests to FILE, one lane per thread, as ``unstall run`` would.
 * ``@pytest.mark.unstall(threshold=..., strict=...)`` for one test or module;
   ``@pytest.mark.unstall_allow`` lets a test block (with arguments: allow-list entries
   for strict mode only).
@@ -20,6 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +34,8 @@ import pytest
 
 if TYPE_CHECKING:
     from unstall._exceptions import BlockingCallError
-    from unstall._report.records import Stall
+    from unstall._report.records import LoopInfo, Report, Stall
+    from unstall._report.writers import Writer
     from unstall._watch.watcher import Watcher
 
 _DEFAULT_THRESHOLD = 0.1
@@ -62,6 +68,7 @@ class _Guard:
     """What one test is watched with, and the problems found so far, by phase."""
 
     settings: _Settings
+    collected: _Collected | None = None
     phase: str = "setup"
     watcher: Watcher | None = None
     uninstall: Callable[[], None] | None = None
@@ -83,11 +90,11 @@ class _Guard:
             return
         watcher.stop()
         threshold = watcher.threshold
-        for stall in _distinct(watcher.stalls):
-            if stall.duration_s >= threshold:
-                self.problems.append(
-                    _Problem(self.phase, _stall_text(stall, self.phase, threshold))
-                )
+        stalls = [s for s in _distinct(watcher.stalls) if s.duration_s >= threshold]
+        for stall in stalls:
+            self.problems.append(_Problem(self.phase, _stall_text(stall, self.phase, threshold)))
+        if self.collected is not None:
+            self.collected.add(watcher.report(), stalls)
 
     def take(self, phases: tuple[str, ...]) -> list[_Problem]:
         taken = [p for p in self.problems if p.phase in phases]
@@ -121,8 +128,51 @@ def _distinct(stalls: list[Stall]) -> list[Stall]:
     return sorted(kept, key=lambda s: s.start_s)
 
 
+@dataclass(slots=True)
+class _Collected:
+    """The stalls that failed tests, gathered for the ``--unstall-json/html/trace`` files.
+
+    Each watcher's times are moved onto one clock (seconds after the session started).
+    A suite starts a loop per test: the loops of one thread share one lane.
+    """
+
+    threshold: float
+    outputs: list[tuple[Writer, str]]
+    started_at: float = field(default_factory=time.time)
+    stalls: list[Stall] = field(default_factory=list)
+    lanes: dict[int, LoopInfo] = field(default_factory=dict)
+    messages: list[str] = field(default_factory=list)
+
+    def add(self, report: Report, stalls: list[Stall]) -> None:
+        from unstall._report.records import LoopInfo
+
+        offset = report.started_at - self.started_at
+        for loop in report.loops:
+            lane = self.lanes.setdefault(
+                loop.thread_id, LoopInfo(loop.id, loop.thread, loop.thread_id, loop.kind)
+            )
+            lane.lag += [(t + offset, lag) for t, lag in loop.lag]
+        for stall in stalls:
+            shared = self.lanes.get(stall.thread_id)
+            lane_id = stall.loop if shared is None else shared.id
+            self.stalls.append(stall.with_updates(start_s=stall.start_s + offset, loop=lane_id))
+
+    def report(self, argv: list[str]) -> Report:
+        from unstall._report.records import Report
+
+        return Report(
+            self.threshold,
+            stalls=sorted(self.stalls, key=lambda s: s.start_s),
+            loops=list(self.lanes.values()),
+            started_at=self.started_at,
+            duration_s=time.time() - self.started_at,
+            argv=argv,
+        )
+
+
 _GUARD = pytest.StashKey[_Guard]()
 _DEFAULTS = pytest.StashKey[_Defaults]()
+_COLLECTED = pytest.StashKey[_Collected]()
 
 
 # --- options -----------------------------------------------------------------------------
@@ -146,6 +196,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help="strict mode for every test: a blocking call on an event loop fails the test",
     )
+    from unstall._report.writers import WRITERS
+
+    for writer in WRITERS.values():
+        group.addoption(
+            f"--unstall-{writer.name}",
+            metavar="FILE",
+            default=None,
+            help="watch every test, as --unstall, and after the run write the stalls "
+            f"that failed tests to FILE ({writer.describes})",
+        )
     parser.addini("unstall_watch", "watch every test's event loops, as --unstall", type="bool")
     parser.addini("unstall_threshold", "default stall threshold in seconds", default="")
     parser.addini("unstall_strict", "strict mode for every test, as --unstall-strict", type="bool")
@@ -205,12 +265,57 @@ def pytest_configure(config: pytest.Config) -> None:
         "(call names, modules, functions, file globs) strict mode allows only those",
     )
     raw = config.getoption("unstall")
-    watch = raw is not None or bool(config.getini("unstall_watch"))
+    outputs = _outputs(config)
+    watch = raw is not None or bool(config.getini("unstall_watch")) or bool(outputs)
     threshold = _cli_threshold(config, raw) if raw else None
     strict = bool(config.getoption("unstall_strict") or config.getini("unstall_strict"))
     if threshold is None and (watch or strict or raw is not None):
         threshold = _default_threshold(config)
-    config.stash[_DEFAULTS] = _Defaults(watch, threshold or _DEFAULT_THRESHOLD, strict)
+    defaults = _Defaults(watch, threshold or _DEFAULT_THRESHOLD, strict)
+    config.stash[_DEFAULTS] = defaults
+    if outputs:
+        config.stash[_COLLECTED] = _Collected(defaults.threshold, outputs)
+
+
+def _outputs(config: pytest.Config) -> list[tuple[Writer, str]]:
+    """The report files asked for (``--unstall-json FILE``...), each checked writable."""
+    from unstall._report.writers import WRITERS
+
+    outputs = []
+    for writer in WRITERS.values():
+        path = config.getoption(f"unstall_{writer.name}")
+        if path is None:
+            continue
+        option = f"--unstall-{writer.name}"
+        parent = os.path.dirname(os.path.abspath(path))
+        if not path or os.path.isdir(path):
+            raise pytest.UsageError(f"{option} needs a file name, got {path!r}")
+        if not os.path.isdir(parent):
+            raise pytest.UsageError(f"{option} {path!r}: directory {parent!r} does not exist")
+        writer.load()
+        outputs.append((writer, str(path)))
+    return outputs
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    collected = session.config.stash.get(_COLLECTED, None)
+    if collected is None:
+        return
+    report = collected.report(["pytest", *session.config.invocation_params.args])
+    for writer, path in collected.outputs:
+        try:
+            writer.write(report, path)
+        except OSError as exc:
+            collected.messages.append(f"unstall: cannot write {path!r}: {exc.strerror or exc}")
+        else:
+            stalls = f"{len(report.stalls)} stall{'' if len(report.stalls) == 1 else 's'}"
+            collected.messages.append(f"unstall: wrote {writer.name} ({stalls}) to {path}")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    collected = terminalreporter.config.stash.get(_COLLECTED, None)
+    for message in collected.messages if collected is not None else ():
+        terminalreporter.write_line(message)
 
 
 # --- per test ----------------------------------------------------------------------------
@@ -248,7 +353,7 @@ def _start(item: pytest.Item) -> _Guard | None:
     settings = _settings(item)
     if settings is None:
         return None
-    guard = _Guard(settings)
+    guard = _Guard(settings, item.config.stash.get(_COLLECTED, None))
     if settings.strict:
         from unstall._strict.api import strict
 

@@ -324,7 +324,7 @@ def test_ini_and_pyproject_defaults(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     out = result.stdout.str()
     assert result.parseoutcomes() == {"failed": 2, "passed": 2}, out
-    assert "threshold 0.25s" in _block(out, "test_stall_fails")
+    assert "threshold 0.25 s" in _block(out, "test_stall_fails")
     assert "blocking call time.sleep(0.005)" in _block(out, "test_blocking_fails")
 
 
@@ -337,7 +337,7 @@ def test_unstall_option_followed_by_a_path(pytester: pytest.Pytester) -> None:
     )
     result = pytester.runpytest_subprocess("--unstall", "test_one.py", "-p", "no:cacheprovider")
     assert result.parseoutcomes() == {"failed": 1}, result.stdout.str()
-    assert "threshold 0.1s" in result.stdout.str()
+    assert "threshold 0.10 s" in result.stdout.str()
 
 
 def test_bad_threshold_is_a_usage_error(pytester: pytest.Pytester) -> None:

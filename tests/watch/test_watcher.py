@@ -567,4 +567,4 @@ def test_lines_past_the_minutes_budget_are_counted_on_the_next_one(
         log.stall(stalls[7])
     assert len(caplog.records) == 4
     assert "4 more stall lines dropped" in caplog.records[-1].getMessage()
-    assert "blocked for 0.500s at app.py:8 in f" in caplog.records[-1].getMessage()
+    assert "blocked for 0.50 s at app.py:8 in f" in caplog.records[-1].getMessage()
