@@ -30,7 +30,8 @@ from report_samples import (
     realistic_report,
     watched_report,
 )
-from unstall import Report, Stall
+from unstall import Frame, Report, Stall
+from unstall._report.format import format_duration, short_path
 from unstall._report.html import MAX_LAG_POINTS, _downsample, render_html, write_html
 
 CHROMIUM = next(
@@ -415,3 +416,33 @@ def test_stall_without_culprit_or_stack(chromium: str, tmp_path: Path) -> None:
     assert list(r.dom.bars) == [0]
     assert r.dom.details.get("data-selected") == "0"
     assert "stack, outermost call first (0 frames)" in " ".join(r.dom.text)
+
+
+# Around every boundary of format_duration: the page's script must write the same text.
+_DURATIONS = [0.005, 0.05, 0.0994, 0.0996, 0.1, 0.25, 0.999, 3.1, 59.99, 59.996, 60.0, 62.5]
+_DURATIONS += [65.0, 3599.4, 3599.6, 3600.0, 3725.0, 7199.0]
+
+
+def test_the_script_formats_durations_and_paths_as_python_does(
+    chromium: str, tmp_path: Path
+) -> None:
+    installed = Frame("/venv/lib/python3.12/site-packages/httpx/_client.py", 9, "send")
+    mine = Frame(str(Path.cwd() / "app" / "views.py"), 7, "handler")
+    start, stalls = 1.0, []
+    for i, duration in enumerate(_DURATIONS):
+        stalls.append(
+            Stall(start, duration, "MainThread", 1, "L", culprit=mine, stack=(mine, installed))
+        )
+        start += duration + 1.0
+    report = Report(threshold_s=0.005, stalls=stalls, duration_s=start)
+    r = _render(chromium, tmp_path, render_html(report), fragment="#stall=0")
+    _assert_clean(r)
+    drawn = {
+        i: bar["aria-label"].rpartition(" blocked the loop for ")[2]
+        for i, bar in r.dom.bars.items()
+    }
+    assert drawn == {i: format_duration(d) for i, d in enumerate(_DURATIONS)}
+    text = " ".join(r.dom.text)
+    assert f"{short_path(mine.file)}:7" in text  # the stack in the details panel
+    assert "httpx/_client.py:9" in text
+    assert "threshold 0.005 s" in text
