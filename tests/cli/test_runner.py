@@ -455,7 +455,7 @@ def test_threshold_option_filters_short_blocks(tmp_path: Path) -> None:
     write(tmp_path / "app.py", BLOCKER)
     proc = run_unstall(["--threshold", "2", "--json", "r.json", "app.py", "0.3"], tmp_path)
     assert proc.returncode == 0
-    assert "never stalled above 2 s" in proc.stderr
+    assert "never stalled above 2.00 s" in proc.stderr
     assert Report.read(tmp_path / "r.json").stalls == []
 
 
@@ -786,7 +786,7 @@ def test_strict_option_warns_about_blocking_calls_below_the_threshold(tmp_path: 
     warning = next(text for text in proc.stderr.splitlines() if "BlockingCallWarning" in text)
     assert f"app.py:{line_of(app, 'time.sleep(seconds)')}" in warning
     assert "time.sleep" in warning
-    assert "never stalled above 0.1 s" in proc.stderr  # too short for the watcher, not for strict
+    assert "never stalled above 0.10 s" in proc.stderr  # too short for the watcher, not for strict
 
 
 def test_forked_child_does_not_print_the_parents_report(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterable
 from types import TracebackType
 
+from unstall._report.format import format_duration
 from unstall._report.records import Aggregate, LoopInfo, Report, Stall
 from unstall._util import _is_async_callable
 from unstall._watch import context as _context
@@ -116,9 +117,9 @@ class Watcher:
         with self._lock:
             self.starved.append(stall)
         _log.debug(
-            "unstall: loop %s was late %.0f ms %s, not by its own code",
+            "unstall: loop %s was late %s %s, not by its own code",
             stall.loop,
-            stall.duration_s * 1e3,
+            format_duration(stall.duration_s),
             stall.call,
         )
 
