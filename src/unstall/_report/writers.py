@@ -12,6 +12,7 @@ importing this module costs nothing the caller did not ask for.
 
 from __future__ import annotations
 
+import abc
 import os
 from typing import ClassVar
 
@@ -20,7 +21,7 @@ from unstall._report.records import Report
 __all__ = ["WRITERS", "HtmlWriter", "JsonWriter", "TraceWriter", "Writer", "writer"]
 
 
-class Writer:
+class Writer(abc.ABC):
     """One kind of report file.
 
     Subclasses set ``name`` and ``describes`` and implement :meth:`write`; those whose
@@ -37,13 +38,13 @@ class Writer:
         """The command-line option naming this file, e.g. ``--html``."""
         return f"--{self.name}"
 
-    def load(self) -> None:
-        """Import what :meth:`write` needs now, e.g. before a watched program changes
-        ``sys.path``. Raises ``ImportError`` when the renderer cannot be imported."""
+    def load(self) -> None:  # noqa: B027 (most writers import nothing of their own)
+        """Import what :meth:`write` needs now, before a watched program can change
+        ``sys.path``; raises ``ImportError`` when the renderer cannot be imported."""
 
+    @abc.abstractmethod
     def write(self, report: Report, path: str | os.PathLike[str]) -> None:
         """Write ``report`` to ``path`` atomically; raises ``OSError`` if that fails."""
-        raise NotImplementedError
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.option}>"
