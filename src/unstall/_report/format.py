@@ -9,6 +9,7 @@ show a duration the same way, so one stall reads the same wherever it is seen.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import math
 import os
@@ -46,6 +47,7 @@ def _half_up(value: float) -> int:
 _PACKAGE_DIRS = ("site-packages", "dist-packages")
 
 
+@functools.cache  # sysconfig expands its templates on every call: about 1 ms
 def _stdlib_dirs() -> tuple[str, ...]:
     paths = sysconfig.get_paths()
     return tuple(dict.fromkeys(paths[k] for k in ("stdlib", "platstdlib") if k in paths))

@@ -10,6 +10,7 @@ read even with JavaScript off.
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 import os
@@ -108,7 +109,13 @@ def _lanes(report: Report) -> list[LoopInfo]:
 
 def _frame(frame: Frame | None) -> dict[str, Any] | None:
     """The frame's JSON form, plus ``short``: its file as :func:`short_path` shows it."""
-    return None if frame is None else {**frame.to_dict(), "short": short_path(frame.file)}
+    return None if frame is None else {**frame.to_dict(), "short": _short(frame.file)}
+
+
+@functools.lru_cache(maxsize=4096)
+def _short(path: str) -> str:
+    # a report repeats a few files in thousands of frames; _payload clears it
+    return short_path(path)
 
 
 def _stall(
@@ -131,7 +138,7 @@ def _stall(
         "loop": stall.loop,
         # indices into the payload's frame table: deep stacks repeat across stalls
         "stack": [frames.setdefault(f, len(frames)) for f in stall.stack],
-        "samples": [{**s.to_dict(), "short": short_path(s.frame.file)} for s in stall.samples],
+        "samples": [{**s.to_dict(), "short": _short(s.frame.file)} for s in stall.samples],
         "sample_count": stall.sample_count,
         "method": stall.method,
         "fix": stall.fix_hint,
@@ -140,6 +147,7 @@ def _stall(
 
 
 def _payload(report: Report) -> dict[str, Any]:
+    _short.cache_clear()  # the current directory or home may have changed since the last page
     lanes = _lanes(report)
     lane_of = {loop.id: i for i, loop in enumerate(lanes)}
     groups = group_by_culprit(report.stalls)
