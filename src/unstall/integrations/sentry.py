@@ -27,6 +27,7 @@ from typing import Any
 import sentry_sdk
 from sentry_sdk.integrations import Integration
 
+from unstall._report.format import format_duration
 from unstall._report.records import Frame, Stall
 from unstall._watch.watcher import Watcher, watch
 
@@ -149,7 +150,7 @@ def stall_event(stall: Stall) -> dict[str, Any]:
         cut = next((i for i in range(len(stack) - 1, -1, -1) if stack[i] == culprit), None)
         stack = stack[: cut + 1] if cut is not None else [*stack, culprit]
     where = culprit.location if culprit is not None else "an unknown place"
-    message = f"event loop blocked for {stall.duration_s:.3f} s at {where}"
+    message = f"event loop blocked for {format_duration(stall.duration_s)} at {where}"
     if stall.call:
         message += f" ({stall.call})"
     tags = {"unstall.kind": stall.kind, "unstall.call": stall.call or "-"}
