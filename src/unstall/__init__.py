@@ -25,6 +25,7 @@ from unstall._offload.decorator import offload
 from unstall._offload.iterate import iterate
 from unstall._offload.limiter import Limiter
 from unstall._offload.process_pool import ProcessPool, to_process
+from unstall._offload.statistics import PoolStatistics
 from unstall._offload.thread_pool import ThreadPool, cancelled, to_thread
 from unstall._report.metrics import enable_metrics
 from unstall._report.records import Frame, LoopInfo, Report, Stall
@@ -38,6 +39,7 @@ __all__ = [
     "Frame",
     "Limiter",
     "LoopInfo",
+    "PoolStatistics",
     "ProcessPool",
     "Report",
     "ReportError",

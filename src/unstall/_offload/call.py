@@ -61,8 +61,15 @@ async def call_checked(
     """:func:`call` with arguments already validated."""
     if timeout is None:
         return await _limited(target, func, args, kwargs, limiter, cancel)
-    async with asyncio.timeout(timeout):
-        return await _limited(target, func, args, kwargs, limiter, cancel)
+    deadline = asyncio.timeout(timeout)
+    try:
+        async with deadline:
+            return await _limited(target, func, args, kwargs, limiter, cancel)
+    except TimeoutError:
+        count = getattr(target, "_count_timeout", None)  # pools keep statistics
+        if deadline.expired() and count is not None:
+            count()
+        raise
 
 
 async def _limited(

@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import threading
+import time
 import types
 import weakref
 from collections import deque
@@ -32,6 +33,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from unstall._offload import inbox
 from unstall._offload.inbox import Inbox, inbox_for
+from unstall._offload.statistics import PoolStatistics, WaitClock
 from unstall._offload.target import CancelMode
 from unstall._offload.worker_context import _local, cancelled
 from unstall._util import (
@@ -54,6 +56,7 @@ DEFAULT_IDLE_TIMEOUT = 10.0
 
 _logger = logging.getLogger("unstall")
 _CoroutineType = types.CoroutineType
+_monotonic = time.monotonic
 
 
 def _late_failure(func: object, exc: BaseException) -> None:
@@ -79,6 +82,7 @@ class _Job:
         "fut",
         "inbox",
         "kwargs",
+        "queued_at",
         "waiter",
     )
 
@@ -102,17 +106,19 @@ class _Job:
         self.cancel_requested = False
         self.delivered = False
         self.waiter: asyncio.Future[None] | None = None
+        self.queued_at = 0.0
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
         return self.fut.get_loop()
 
-    def run(self) -> None:
+    def run(self, clock: WaitClock) -> None:
         """Worker thread: run the call unless it was cancelled while queued."""
         try:
             self.claim.pop()
         except IndexError:
             return
+        clock.started(_monotonic() - self.queued_at)
         _local.call = self
         try:
             if self.kwargs:
@@ -131,6 +137,7 @@ class _Job:
             value = _storable(exc)
         finally:
             _local.call = None
+        clock.completed += 1  # before the result can reach the caller
         self.inbox.deliver(self, ok, value)
         # The traceback keeps this frame alive: break the exception -> frame -> job cycle.
         value = None
@@ -182,29 +189,34 @@ def _storable(exc: BaseException) -> BaseException:
 class _Detached:
     """A fire-and-forget call (no caller waits): failures are logged."""
 
-    __slots__ = ("func",)
+    __slots__ = ("func", "queued_at")
+    claim = (None,)  # never cancelled
 
     def __init__(self, func: Callable[[], object]) -> None:
         self.func = func
+        self.queued_at = 0.0
 
-    def run(self) -> None:
+    def run(self, clock: WaitClock) -> None:
+        clock.started(_monotonic() - self.queued_at)
         try:
             self.func()
         except BaseException as exc:
             _late_failure(self.func, exc)
+        clock.completed += 1
 
 
 _WOKEN, _RECHECK, _EXIT = object(), object(), object()
 
 
 class _Worker:
-    """What a parked worker thread waits on."""
+    """What a parked worker thread waits on, and what it has done."""
 
-    __slots__ = ("wakeup",)
+    __slots__ = ("clock", "wakeup")
 
     def __init__(self) -> None:
         self.wakeup = threading.Lock()  # held while parked; released to wake the thread
         self.wakeup.acquire()
+        self.clock = WaitClock()
 
 
 _pools: weakref.WeakSet[ThreadPool] = weakref.WeakSet()
@@ -227,13 +239,23 @@ class ThreadPool:
         TypeError, ValueError: for a non-int or < 1 ``max_workers``, an empty ``name``, a
             non-positive ``idle_timeout``.
 
-    Cancellation: a call cancelled while queued never runs. Cancelling a running call
-    either returns at once (``cancel="abandon"``, the default; the result is discarded
-    and a later exception is logged to the ``unstall`` logger) or waits for it to finish
-    (``cancel="wait"``); either way :func:`unstall.cancelled` turns ``True`` in the worker.
-    Threads are daemon threads: calls still running at interpreter exit are not awaited.
+    Cancellation, every path (a timeout of ``offload``/``call`` is a cancellation too):
+
+    - cancelled while queued: the call never runs; its arguments are released at once;
+    - cancelled while running, ``cancel="abandon"`` (the default): the caller gets
+      ``CancelledError`` at once; the call runs on, :func:`unstall.cancelled` turns
+      ``True`` inside it, its result is discarded and a later exception is logged to the
+      ``unstall`` logger;
+    - cancelled while running, ``cancel="wait"``: the caller waits for the call to end
+      (cancelling it again does not stop the wait), then gets ``CancelledError``;
+    - :meth:`shutdown`: queued calls still run, unless ``cancel_queued=True`` fails them
+      with ``RuntimeError``; running calls run to their end; ``timeout`` bounds the wait;
+    - interpreter exit: threads are daemon threads, so calls still running are not
+      awaited and nothing is printed.
+
     Shut a dedicated pool down (or use it in a ``with`` block) when done: the thread of a
-    one-thread pool otherwise lives as long as the process.
+    one-thread pool otherwise lives as long as the process. :meth:`statistics` tells how
+    busy the pool is.
     """
 
     def __init__(
@@ -263,6 +285,13 @@ class ThreadPool:
         self._last_quiet = False  # the last wake-up was for a job queued while all was idle
         self._threads: set[threading.Thread] = set()
         self._counter = itertools.count(1)
+        self._workers: dict[threading.Thread, _Worker] = {}
+        self._retired = WaitClock()  # what exited threads did
+        self._retirements = 0  # threads retired and not replaced yet
+        self._restarts = 0
+        self._cancelled = 0
+        self._timed_out = 0
+        self._max_queued = 0
 
     @property
     def max_workers(self) -> int:
@@ -316,7 +345,7 @@ class ThreadPool:
         try:
             return await fut
         except asyncio.CancelledError:
-            await _on_cancel(job, fut, cancel)
+            await _on_cancel(self, job, fut, cancel)
             raise
 
     async def run(self, func: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
@@ -360,7 +389,10 @@ class ThreadPool:
         if self._is_shutdown:
             raise RuntimeError(f"{self!r} is shut down: it cannot run new calls")
         jobs = self._jobs
+        job.queued_at = _monotonic()
         jobs.append(job)
+        if len(jobs) > self._max_queued:
+            self._max_queued = len(jobs)
         if not self._waking:
             try:
                 self._wake_one(len(jobs) == 1 and len(self._idle) >= len(self._threads))
@@ -388,6 +420,9 @@ class ThreadPool:
                     target=self._work, name=f"{self._name}-{next(self._counter)}", daemon=True
                 )
                 self._threads.add(thread)
+                if self._retirements:
+                    self._retirements -= 1
+                    self._restarts += 1
         if at_cap:
             # Every thread is busy and takes the job when done, unless one went idle since
             # the cap was checked (parked before the job was queued): wake it.
@@ -424,6 +459,8 @@ class ThreadPool:
 
     def _work(self) -> None:
         me = _Worker()
+        clock = me.clock
+        self._workers[threading.current_thread()] = me
         jobs = self._jobs
         timeout = -1 if self._idle_timeout is None else self._idle_timeout
         self._woken()
@@ -441,7 +478,7 @@ class ThreadPool:
                     self._woken()
                 continue
             try:
-                job.run()
+                job.run(clock)
             except BaseException:  # a bug here must not cost the pool a thread
                 _logger.exception("unstall worker: internal error")
             del job
@@ -475,18 +512,88 @@ class ThreadPool:
         with self._lock:
             if self._jobs:
                 return True
-            self._threads.discard(threading.current_thread())
+            me = threading.current_thread()
+            self._threads.discard(me)
+            worker = self._workers.pop(me, None)
+            if worker is not None:
+                self._retired.add(worker.clock)
+            if not self._is_shutdown:
+                self._retirements += 1
             return False
 
-    def shutdown(self, wait: bool = True) -> None:
-        """Stop accepting calls; threads exit after running the calls already queued.
+    def statistics(self) -> PoolStatistics:
+        """A snapshot of what the pool is doing now and has done (see
+        :class:`~unstall.PoolStatistics`). Cheap enough to call every second."""
+        now = _monotonic()
+        queued = [job for job in list(self._jobs) if job.claim]
+        with self._lock:
+            threads = len(self._threads)
+            clocks = [w.clock for w in self._workers.values()]
+            total = WaitClock()
+            total.add(self._retired)
+            cancelled, timed_out, restarts = self._cancelled, self._timed_out, self._restarts
+        for clock in clocks:
+            total.add(clock)
+        idle = min(len(self._idle), threads)
+        oldest = min((job.queued_at for job in queued), default=now)
+        return PoolStatistics(
+            name=self._name,
+            kind="thread",
+            max_workers=self._max,
+            workers_busy=threads - idle,
+            workers_idle=idle,
+            calls_queued=len(queued),
+            longest_queue_wait_s=max(0.0, now - oldest),
+            calls_completed=total.completed,
+            calls_cancelled=cancelled,
+            calls_timed_out=timed_out,
+            worker_restarts=restarts,
+            max_queued=self._max_queued,
+            max_queue_wait_s=total.max,
+            queue_wait_sum_s=total.sum,
+            queue_wait_buckets=tuple(total.buckets),
+        )
+
+    def _count_cancel(self) -> None:
+        with self._lock:
+            self._cancelled += 1
+
+    def _count_timeout(self) -> None:
+        """The pipeline's timeout expired on a call to this pool (see ``call``)."""
+        with self._lock:
+            self._timed_out += 1
+
+    def shutdown(
+        self, wait: bool = True, *, timeout: float | None = None, cancel_queued: bool = False
+    ) -> None:
+        """Stop accepting calls; threads exit once the queue is empty.
 
         Args:
-            wait: block until every thread has exited (not from one of its own threads).
+            wait: block until every thread has exited (never waiting for the calling
+                thread itself, when it is one of the pool's).
+            timeout: with ``wait``, return after at most this many seconds even if calls
+                still run (``None``: no limit). Threads cannot be killed: a call still
+                running goes on in its (daemon) thread, which exits when it is done, and
+                never delays interpreter exit.
+            cancel_queued: fail every call still queued with ``RuntimeError`` instead of
+                running it (those calls never start). Without it, queued calls run first.
+
+        Raises:
+            TypeError, ValueError: ``timeout`` is not ``None`` or a number >= 0, or given
+                without ``wait``.
+
+        Cancellation paths of the calls in the pool at shutdown: a queued call runs (or,
+        with ``cancel_queued``, fails at once with ``RuntimeError``); a running call runs
+        to its end and its result still reaches its caller; :func:`unstall.cancelled`
+        does not turn ``True`` (nothing cancelled the call). Calls submitted afterwards
+        raise ``RuntimeError``.
         """
+        deadline = _deadline(wait, timeout)
         with self._lock:
             self._is_shutdown = True
             threads = list(self._threads)
+        if cancel_queued:
+            self._cancel_queued()
         while True:
             try:
                 self._idle.pop().wakeup.release()
@@ -496,13 +603,51 @@ class ThreadPool:
             me = threading.current_thread()
             for thread in threads:
                 if thread is not me:
-                    thread.join()
+                    left = None if deadline is None else max(0.0, deadline - _monotonic())
+                    thread.join(left)
+
+    def _cancel_queued(self) -> None:
+        jobs = self._jobs
+        while jobs:
+            try:
+                job = jobs.popleft()
+            except IndexError:
+                return
+            if isinstance(job, _Detached):
+                continue
+            try:
+                job.claim.pop()
+            except IndexError:  # cancelled by its caller meanwhile, or being run
+                continue
+            job.delivered = True  # nothing will ever run or deliver it
+            self._count_cancel()
+            with contextlib.suppress(RuntimeError):  # its loop is closed
+                job.loop.call_soon_threadsafe(_fail_unstarted, job.fut, repr(self))
 
     def __enter__(self) -> ThreadPool:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.shutdown(wait=True)
+
+
+def _deadline(wait: bool, timeout: float | None) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise TypeError(f"timeout must be a number of seconds or None, got {timeout!r}")
+    if math.isnan(timeout) or timeout < 0:
+        raise ValueError(f"timeout must be >= 0 seconds, got {timeout!r}")
+    if not wait:
+        raise ValueError("shutdown(timeout=...) needs wait=True: without wait nothing waits")
+    return _monotonic() + timeout
+
+
+def _fail_unstarted(fut: asyncio.Future[Any], pool: str) -> None:
+    if not fut.done():
+        fut.set_exception(
+            RuntimeError(f"{pool} was shut down with cancel_queued=True before this call started")
+        )
 
 
 def _check_idle_timeout(value: float | None, max_workers: int) -> float | None:
@@ -515,9 +660,12 @@ def _check_idle_timeout(value: float | None, max_workers: int) -> float | None:
     return None if math.isinf(value) else float(value)
 
 
-async def _on_cancel(job: _Job, fut: asyncio.Future[Any], cancel: CancelMode) -> None:
+async def _on_cancel(
+    pool: ThreadPool, job: _Job, fut: asyncio.Future[Any], cancel: CancelMode
+) -> None:
     """The caller was cancelled while awaiting ``job``; apply the cancel mode."""
     job.cancel_requested = True
+    pool._count_cancel()
     try:
         job.claim.pop()
     except IndexError:
@@ -584,7 +732,7 @@ async def to_thread(func: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) 
     try:
         return await fut
     except asyncio.CancelledError:
-        await _on_cancel(job, fut, "abandon")
+        await _on_cancel(pool, job, fut, "abandon")
         raise
 
 
