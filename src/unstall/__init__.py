@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from unstall import from_thread
 from unstall._exceptions import BlockingCallError, BlockingCallWarning, ReportError, WorkerDiedError
+from unstall._offload.capacity import pool_statistics
 from unstall._offload.decorator import offload
 from unstall._offload.iterate import iterate
 from unstall._offload.limiter import Limiter
@@ -53,6 +54,7 @@ __all__ = [
     "from_thread",
     "iterate",
     "offload",
+    "pool_statistics",
     "strict",
     "to_process",
     "to_thread",

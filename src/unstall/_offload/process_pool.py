@@ -23,6 +23,7 @@ import select
 import signal
 import sys
 import threading
+import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -32,7 +33,10 @@ from typing import Any, Final, ParamSpec, TypeVar
 from unstall._exceptions import WorkerDiedError
 from unstall._offload import process_worker as wire
 from unstall._offload.call import call
+from unstall._offload.cpus import available_cpus
+from unstall._offload.statistics import PoolStatistics, WaitClock
 from unstall._offload.target import CancelMode
+from unstall._util import validate_callable, validate_positive_int
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -111,6 +115,7 @@ class _Worker:
         "poller",
         "proc",
         "reader_loop",
+        "retire",
         "running",
         "served",
         "stopping",
@@ -127,6 +132,7 @@ class _Worker:
         self.running = ""
         self.served = 0
         self.stopping = ""  # "shutdown" or "exit" once the pool stops it
+        self.retire = False  # kill it (and what its call started) once its call ends
         self.poller = select.poll()
         self.poller.register(self.fd, select.POLLIN)
 
@@ -165,10 +171,13 @@ class _Worker:
 class _Waiter:
     """A call waiting for a free worker; whoever frees one on its loop starts the call."""
 
-    __slots__ = ("fut", "loop", "name", "payload", "reply")
+    __slots__ = ("fut", "loop", "name", "payload", "queued_at", "reply")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, payload: bytes, name: str) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, payload: bytes, name: str, queued_at: float
+    ) -> None:
         self.loop = loop
+        self.queued_at = queued_at
         self.fut: asyncio.Future[_Worker | None] = loop.create_future()
         self.payload = payload
         self.name = name
@@ -197,19 +206,45 @@ class ProcessPool:
     """A bounded pool of worker processes, for CPU-bound calls from asyncio.
 
     Args:
-        max_workers: most processes alive at once (default: ``os.cpu_count()``).
+        max_workers: most processes alive at once (default: the CPUs this process may use,
+            see :func:`available_cpus`: its affinity mask capped by its cgroup CPU quota).
         start_method: ``"forkserver"`` (default on Linux), ``"spawn"`` (default elsewhere)
             or ``"fork"`` (unsafe once the process has threads, which a loop usually has).
         name: prefix of the worker processes' names.
+        max_tasks_per_worker: replace a worker after it ran this many calls (``None``:
+            never), so whatever a call leaks goes with its process.
+        max_memory_per_worker: replace a worker whose resident memory (RSS) exceeds this
+            many bytes after a call (``None``: never). Read from ``/proc`` (or psutil).
+        initializer: run ``initializer(*initargs)`` once in each new worker, before its
+            first call (load a model, open a connection). If it raises, the call that
+            needed the worker fails with ``RuntimeError`` (its cause: the remote error)
+            and the worker exits; it never hangs.
+        initargs: the initializer's arguments, a tuple.
+        prestart: start all ``max_workers`` workers now (in a background thread), so the
+            first calls do not wait for a process to start.
 
-    Workers start on first use and stay up (hot) until :meth:`shutdown` or interpreter exit.
-    A cancelled or timed-out running call kills its worker (and the worker's children);
-    a queued call that is cancelled never runs. A worker that dies fails only its own call
-    with :class:`WorkerDiedError`. Every method is safe to use from any event loop.
+    Workers start on first use (or at once with ``prestart``) and stay up until
+    :meth:`shutdown`, interpreter exit or one of the limits above. Replacing a worker
+    happens between calls: no call is lost or retried. A worker that dies fails only its
+    own call with :class:`WorkerDiedError`. Every method is safe to use from any event
+    loop; :meth:`statistics` tells how busy the pool is.
+
+    Cancellation, every path (a timeout of ``offload``/``call`` is a cancellation too):
+    a queued call that is cancelled never runs; a running call cancelled with
+    ``cancel="abandon"`` (the default) kills its worker's whole process group, so the
+    children the call started (``subprocess``, ``multiprocessing``) die with it, and
+    psutil, if installed, also finds those that left the group; with ``cancel="wait"`` the
+    caller waits for the call to end, then that worker is killed the same way (cancelling
+    again while waiting kills it at once); :meth:`shutdown` and interpreter exit kill
+    running calls the same way and fail queued ones with ``RuntimeError``.
 
     Raises:
-        ValueError: ``max_workers`` below 1, or an unknown ``start_method``.
-        TypeError: ``max_workers`` not an int, ``name`` not a str.
+        ValueError: ``max_workers``, ``max_tasks_per_worker`` or ``max_memory_per_worker``
+            below 1, an unknown ``start_method``.
+        TypeError: a non-int limit, ``name`` not a str, ``initializer`` not a sync
+            callable, ``initargs`` not a tuple.
+        RuntimeError: ``max_memory_per_worker`` where neither ``/proc`` nor psutil can
+            tell a process's memory.
         NotImplementedError: on Windows (the pool relies on POSIX process groups and on
             the loop watching pipes).
     """
@@ -220,6 +255,11 @@ class ProcessPool:
         *,
         start_method: str | None = None,
         name: str = "unstall-process",
+        max_tasks_per_worker: int | None = None,
+        max_memory_per_worker: int | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+        prestart: bool = False,
     ) -> None:
         if sys.platform == "win32":
             raise NotImplementedError(
@@ -227,7 +267,7 @@ class ProcessPool:
                 "offload(on=concurrent.futures.ProcessPoolExecutor())"
             )
         if max_workers is None:
-            max_workers = os.cpu_count() or 1
+            max_workers = available_cpus()
         if isinstance(max_workers, bool) or not isinstance(max_workers, int):
             raise TypeError(f"max_workers must be an int, not {type(max_workers).__name__}")
         if max_workers < 1:
@@ -241,6 +281,11 @@ class ProcessPool:
         self.max_workers = max_workers
         self.start_method = method
         self.name = name
+        self.max_tasks_per_worker = _optional_limit(max_tasks_per_worker, "max_tasks_per_worker")
+        self.max_memory_per_worker = _optional_limit(max_memory_per_worker, "max_memory_per_worker")
+        if self.max_memory_per_worker is not None:
+            _check_rss_readable()
+        self._init = _init_payload(initializer, initargs)
         self._ctx: Any = multiprocessing.get_context(_usable(method))
         self._lock = threading.Lock()
         self._idle: list[_Worker] = []
@@ -249,8 +294,13 @@ class ProcessPool:
         self._waiters: deque[_Waiter] = deque()
         self._closed = False
         self._counter = itertools.count(1)
+        self._clock = WaitClock()
+        self._n_cancelled = self._timed_out = self._restarts = self._max_queued = 0
+        self._to_replace = 0  # workers gone (died, killed, recycled) and not replaced yet
         _pools.add(self)
         _register_exit_hooks()
+        if prestart:
+            self._prestart()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{len(self._busy)} busy, {len(self._idle)} idle"
@@ -286,23 +336,79 @@ class ProcessPool:
         except Exception as exc:
             raise _pickling_error(func, args, kwargs, exc) from exc
         name = _name(func)
-        while True:
-            running = await self._acquire(payload, name, cancel)
-            if running is not None:  # None: the worker had died idle, the call never ran
-                reply = await self._reply(*running, name, cancel)
-                result: T = _decode(reply, name)
-                return result
+        queued_at = time.monotonic()
+        try:
+            while True:
+                running = await self._acquire(payload, name, cancel, queued_at)
+                if running is not None:  # None: the worker had died idle, it never ran
+                    reply = await self._reply(*running, name, cancel)
+                    result: T = _decode(reply, name)
+                    return result
+        except asyncio.CancelledError:
+            with self._lock:
+                self._n_cancelled += 1
+            raise
 
-    def shutdown(self, wait: bool = True) -> None:
+    def statistics(self) -> PoolStatistics:
+        """A snapshot of what the pool is doing now and has done (see
+        :class:`~unstall.PoolStatistics`)."""
+        now = time.monotonic()
+        with self._lock:
+            queued = [w.queued_at for w in self._waiters if not w.fut.done()]
+            return PoolStatistics(
+                name=self.name,
+                kind="process",
+                max_workers=self.max_workers,
+                workers_busy=len(self._busy),
+                workers_idle=len(self._idle),
+                calls_queued=len(queued),
+                longest_queue_wait_s=max(0.0, now - min(queued, default=now)),
+                calls_completed=self._clock.completed,
+                calls_cancelled=self._n_cancelled,
+                calls_timed_out=self._timed_out,
+                worker_restarts=self._restarts,
+                max_queued=self._max_queued,
+                max_queue_wait_s=self._clock.max,
+                queue_wait_sum_s=self._clock.sum,
+                queue_wait_buckets=tuple(self._clock.buckets),
+            )
+
+    def _count_timeout(self) -> None:
+        """The pipeline's timeout expired on a call to this pool (see ``call``)."""
+        with self._lock:
+            self._timed_out += 1
+
+    def shutdown(
+        self, wait: bool = True, *, timeout: float | None = None, cancel_queued: bool = True
+    ) -> None:
         """Stop the workers; the pool accepts no more calls.
 
-        Idle workers exit; busy ones are killed and their calls fail with
-        :class:`WorkerDiedError`. With ``wait`` (default), return once every worker has
-        exited (killing any that do not exit within a second).
+        Idle workers exit; busy ones are killed with their process group (the children
+        their calls started too) and their calls fail with :class:`WorkerDiedError`;
+        queued calls fail with ``RuntimeError``. Calls submitted afterwards raise
+        ``RuntimeError``.
+
+        Args:
+            wait: return once every worker has exited (killing any that do not exit
+                within a second).
+            timeout: with ``wait``, return after at most this many seconds (``None``: up
+                to a few seconds per stuck worker); workers still exiting are reaped later.
+            cancel_queued: must be ``True`` (the default, accepted for symmetry with
+                :meth:`ThreadPool.shutdown`): with its running calls killed, a process
+                pool has nowhere to run queued calls.
+
+        Raises:
+            TypeError, ValueError: a bad ``timeout``; ``cancel_queued=False``.
         """
+        deadline = _deadline(wait, timeout)
+        if cancel_queued is not True:
+            raise ValueError(
+                "ProcessPool.shutdown(cancel_queued=False) is not supported: shutting down "
+                "kills running calls, so queued calls have no worker left to run on"
+            )
         procs = self._stop_all()
         if wait:
-            _join(procs)
+            _join(procs, deadline)
 
     def _stop_all(self, why: str = "shutdown") -> list[Any]:
         with self._lock:
@@ -337,12 +443,12 @@ class ProcessPool:
     ) -> None:
         """Shut down without blocking the loop: workers are joined in a thread."""
         procs = self._stop_all()
-        await asyncio.get_running_loop().run_in_executor(None, _join, procs)
+        await asyncio.get_running_loop().run_in_executor(None, _join, procs, None)
 
     # -- workers --------------------------------------------------------------------------
 
     async def _acquire(
-        self, payload: bytes, name: str, cancel: CancelMode
+        self, payload: bytes, name: str, cancel: CancelMode, queued_at: float
     ) -> tuple[_Worker, asyncio.Future[bytes | None]] | None:
         """Start the call on a worker: an idle one, a new one, or the next one to finish."""
         loop = asyncio.get_running_loop()
@@ -354,14 +460,18 @@ class ProcessPool:
                 worker = self._take_idle()
                 if worker is None and self._slots < self.max_workers:
                     self._slots += 1
+                    if self._to_replace:
+                        self._to_replace -= 1
+                        self._restarts += 1
                 elif worker is None:
                     self._reclaim_orphans()
-                    waiter = _Waiter(loop, payload, name)
+                    waiter = _Waiter(loop, payload, name, queued_at)
                     self._waiters.append(waiter)
+                    self._max_queued = max(self._max_queued, len(self._waiters))
             if waiter is None:
                 if worker is None:
                     worker = await self._spawn()
-                reply = self._start(worker, loop, payload, name)
+                reply = self._start(worker, loop, payload, name, queued_at)
                 return None if reply is None else (worker, reply)
             try:
                 got = await waiter.fut
@@ -379,7 +489,7 @@ class ProcessPool:
             if got is not None and waiter.reply is not None:
                 return got, waiter.reply  # started for us by the worker's previous caller
             if got is not None:
-                reply = self._start(got, loop, payload, name)
+                reply = self._start(got, loop, payload, name, queued_at)
                 return None if reply is None else (got, reply)
             # None: a slot freed up (a worker died) or the pool closed; try again.
 
@@ -412,19 +522,19 @@ class ProcessPool:
             started.add_done_callback(self._spawned_late)
             raise
         except BaseException:
-            self._lost_slot()
+            self._lost_slot(replace=False)
             raise
 
     def _spawned_late(self, started: asyncio.Future[_Worker]) -> None:
         if started.cancelled() or started.exception() is not None:
-            self._lost_slot()
+            self._lost_slot(replace=False)
         else:
             self._give_back(started.result())
 
     def _start_worker(self) -> _Worker:
         parent, child = self._ctx.Pipe(duplex=True)
         proc = self._ctx.Process(
-            target=wire.entry, args=(child,), name=f"{self.name}-{next(self._counter)}"
+            target=wire.entry, args=(child, self._init), name=f"{self.name}-{next(self._counter)}"
         )
         try:
             proc.start()
@@ -435,7 +545,50 @@ class ProcessPool:
         # and two threads polling one forkserver child race for its exit status: the
         # loser records 255 instead of, say, -SIGKILL.
         multiprocessing.process._children.discard(proc)  # type: ignore[attr-defined]
-        return _Worker(proc, parent)
+        worker = _Worker(proc, parent)
+        if self._init is not None:
+            self._await_initializer(worker)
+        return worker
+
+    def _await_initializer(self, worker: _Worker) -> None:
+        """In the starting thread: wait for the worker's initializer to return."""
+        reply = _read_frame(worker.fd)
+        try:
+            if reply is None:
+                code = _int_or_none(worker.proc.exitcode)
+                raise WorkerDiedError(
+                    f"worker process {worker.pid} {_describe_exit(code)} while running "
+                    "the ProcessPool's initializer",
+                    pid=worker.pid,
+                    exitcode=code,
+                )
+            _decode(reply, "the initializer")
+        except BaseException as exc:
+            worker.kill()
+            worker.close()
+            _dying.add(worker.proc)
+            raise RuntimeError(
+                f"the initializer of ProcessPool {self.name!r} failed in worker process "
+                f"{worker.pid}: {exc!r}"
+            ) from exc
+
+    def _prestart(self) -> None:
+        """Start every worker now, in a thread: the constructor need not block."""
+        count = self.max_workers
+        with self._lock:
+            self._slots += count
+
+        def start_all() -> None:
+            for _ in range(count):
+                try:
+                    worker = self._start_worker()
+                except BaseException as exc:
+                    log.warning("ProcessPool %r could not prestart a worker: %s", self.name, exc)
+                    self._lost_slot(replace=False)
+                else:
+                    self._give_back(worker)
+
+        threading.Thread(target=start_all, name=f"{self.name}-prestart", daemon=True).start()
 
     def _give_back(self, worker: _Worker) -> None:
         """Start the next waiting call on a worker that became free, or park it."""
@@ -469,7 +622,7 @@ class ProcessPool:
             return False
         if running is not waiter.loop:
             return False
-        reply = self._start(worker, running, waiter.payload, waiter.name)
+        reply = self._start(worker, running, waiter.payload, waiter.name, waiter.queued_at)
         if reply is None:
             waiter.fut.set_result(None)  # that worker had died: the waiter tries again
         else:
@@ -482,10 +635,13 @@ class ProcessPool:
         if loop is not None and not loop.is_closed():
             loop.remove_reader(worker.fd)
 
-    def _lost_slot(self) -> None:
-        """A worker is gone: free its slot and wake one waiter to start a new one."""
+    def _lost_slot(self, replace: bool = True) -> None:
+        """A worker is gone (or never started): free its slot and wake one waiter to start
+        a new one; ``replace``: a worker that ran went away (the next start restarts it)."""
         with self._lock:
             self._slots -= 1
+            if replace and not self._closed:
+                self._to_replace += 1
             waiter = self._next_waiter()
         if waiter is not None:
             _resolve(waiter.loop, waiter.fut, None)
@@ -493,13 +649,20 @@ class ProcessPool:
     # -- one call -------------------------------------------------------------------------
 
     def _start(
-        self, worker: _Worker, loop: asyncio.AbstractEventLoop, payload: bytes, name: str
+        self,
+        worker: _Worker,
+        loop: asyncio.AbstractEventLoop,
+        payload: bytes,
+        name: str,
+        queued_at: float,
     ) -> asyncio.Future[bytes | None] | None:
         """Send the call; its reply will complete the returned future (None: worker died)."""
         fut: asyncio.Future[bytes | None] = loop.create_future()
         worker.fut, worker.loop, worker.running = fut, loop, name
+        waited = time.monotonic() - queued_at
         with self._lock:
             self._busy.add(worker)
+            self._clock.started(waited)
         try:
             wire.write_all(worker.fd, wire.frame(payload))
         except OSError:  # it died while idle: the call never started
@@ -540,6 +703,7 @@ class ProcessPool:
             return
         if cancel == "wait":
             loop = asyncio.get_running_loop()
+            worker.retire = True  # the call was cancelled: what it started goes too
             worker.fut = waited = loop.create_future()
             try:
                 reply = await waited
@@ -585,9 +749,35 @@ class ProcessPool:
         worker.buf.clear()
         worker.fut = None
         worker.served += 1
-        self._give_back(worker)  # may already send it the next call
+        with self._lock:
+            self._clock.completed += 1
+        if self._worn_out(worker):
+            self._retire(worker)
+        else:
+            self._give_back(worker)  # may already send it the next call
         if fut is not None and not fut.done():
             fut.set_result(reply)
+
+    def _worn_out(self, worker: _Worker) -> bool:
+        """Whether ``worker``, between two calls, must be replaced."""
+        if worker.retire:
+            return True
+        limit = self.max_tasks_per_worker
+        if limit is not None and worker.served >= limit:
+            return True
+        limit = self.max_memory_per_worker
+        return limit is not None and _rss(worker.pid) > limit
+
+    def _retire(self, worker: _Worker) -> None:
+        """Replace a worker between calls: it exits (killed, with whatever its cancelled
+        call started, when ``worker.retire``) and a waiting call starts a new one."""
+        self._drop_reader(worker)
+        if worker.retire:
+            worker.kill()
+        else:
+            with contextlib.suppress(OSError):
+                os.write(worker.fd, wire.HEADER.pack(0))
+        self._forget(worker)
 
     async def _died(self, worker: _Worker, name: str) -> WorkerDiedError:
         try:
@@ -623,6 +813,85 @@ class ProcessPool:
         self._slots = 0
         self._lock = threading.Lock()
         self._ctx = multiprocessing.get_context(_usable(self.start_method))
+
+
+def _optional_limit(value: int | None, what: str) -> int | None:
+    return None if value is None else validate_positive_int(value, what)
+
+
+def _check_rss_readable() -> None:
+    if os.path.exists(f"/proc/{os.getpid()}/statm"):
+        return
+    try:
+        import psutil  # noqa: F401
+    except ImportError:
+        raise RuntimeError(
+            "max_memory_per_worker needs /proc (Linux) or psutil to read a worker's "
+            "memory: pip install psutil"
+        ) from None
+
+
+def _rss(pid: int) -> int:
+    """Resident memory of process ``pid``, in bytes (0 if it cannot be read)."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * _PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import psutil
+
+        return int(psutil.Process(pid).memory_info().rss)
+    except Exception:
+        return 0
+
+
+_PAGE_SIZE: Final = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _init_payload(initializer: Callable[..., object] | None, initargs: object) -> bytes | None:
+    if not isinstance(initargs, tuple):
+        raise TypeError(f"initargs must be a tuple, not {type(initargs).__name__}")
+    if initializer is None:
+        if initargs:
+            raise ValueError("initargs were given without an initializer")
+        return None
+    validate_callable(initializer)
+    try:
+        return _dumps((initializer, initargs))
+    except Exception as exc:
+        raise _pickling_error(initializer, initargs, {}, exc) from exc
+
+
+def _deadline(wait: bool, timeout: float | None) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise TypeError(f"timeout must be a number of seconds or None, got {timeout!r}")
+    if timeout != timeout or timeout < 0:
+        raise ValueError(f"timeout must be >= 0 seconds, got {timeout!r}")
+    if not wait:
+        raise ValueError("shutdown(timeout=...) needs wait=True: without wait nothing waits")
+    return time.monotonic() + timeout
+
+
+def _read_frame(fd: int) -> bytes | None:
+    """Block until one whole frame arrives on ``fd``; ``None`` if it closes first."""
+    buf = bytearray()
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    while _missing(buf):
+        poller.poll()
+        try:
+            data = os.read(fd, max(_missing(buf), 1))
+        except (BlockingIOError, InterruptedError):
+            continue
+        except OSError:
+            return None
+        if not data:
+            return None
+        buf += data
+    return bytes(memoryview(buf)[wire.HEADER.size :])
 
 
 def _describe_exit(code: int | None) -> str:
@@ -748,14 +1017,23 @@ def _reap_soon(worker: _Worker) -> None:
 _dying: set[Any] = set()
 
 
-def _join(procs: list[Any]) -> None:
+def _join(procs: list[Any], deadline: float | None = None) -> None:
+    """Wait for ``procs`` to exit, killing any still up after a second; by ``deadline`` at
+    the latest (those left are reaped later, or at interpreter exit)."""
+
+    def left(most: float) -> float:
+        return most if deadline is None else max(0.0, min(most, deadline - time.monotonic()))
+
     for proc in procs:
-        proc.join(1.0)
+        proc.join(left(1.0))
         if proc.exitcode is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            proc.join(_REAP_TIMEOUT)
-        _dying.discard(proc)
+            proc.join(left(_REAP_TIMEOUT))
+        if proc.exitcode is None:
+            _dying.add(proc)
+        else:
+            _dying.discard(proc)
 
 
 def _reap_all(timeout: float) -> None:

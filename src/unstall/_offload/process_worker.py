@@ -3,7 +3,9 @@
 Wire format, both directions on one socket: an 8-byte big-endian length, then a pickle.
 The parent sends ``(func, args, kwargs)`` (pickled with cloudpickle when installed); the
 worker answers ``(status, payload)`` with one of the statuses below. An empty frame or a
-closed socket tells the worker to exit.
+closed socket tells the worker to exit. A pool with an initializer first gets one frame
+from each new worker: ``(OK, None)`` once the initializer returned, or ``(RAISED, ...)``
+(then the worker exits).
 """
 
 from __future__ import annotations
@@ -85,13 +87,27 @@ def _run_one(request: bytes) -> bytes:
         return dumps_any((UNPICKLABLE_RESULT, (type(result).__qualname__, str(exc))))
 
 
-def main(fd: int) -> None:
+def _initialize(fd: int, init: bytes) -> bool:
+    """Run the pool's initializer and tell the parent how it went; ``False``: it failed."""
+    try:
+        func, args = pickle.loads(init)
+        func(*args)
+    except BaseException as exc:
+        write_all(fd, frame(_encode_error(exc)))
+        return False
+    write_all(fd, frame(dumps_any((OK, None))))
+    return True
+
+
+def main(fd: int, init: bytes | None = None) -> None:
     """Serve calls on socket ``fd`` until the parent closes it or sends an empty frame."""
     # Own session and process group: killing the group stops the call's children too,
     # and a Ctrl-C in the terminal reaches the parent only (which then shuts us down).
     os.setsid()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     faulthandler.enable()  # a segfault in C code prints the Python stack to stderr
+    if init is not None and not _initialize(fd, init):
+        return
     while True:
         header = _read_exact(fd, HEADER.size)
         if header is None:
@@ -110,10 +126,13 @@ def main(fd: int) -> None:
             return
 
 
-def entry(conn: Any) -> None:
-    """``multiprocessing.Process`` target: take the socket out of the Connection."""
+def entry(conn: Any, init: bytes | None = None) -> None:
+    """``multiprocessing.Process`` target: take the socket out of the Connection.
+
+    ``init``: the pickled ``(initializer, initargs)`` to run first, if any.
+    """
     fd = conn.fileno()
     try:
-        main(fd)
+        main(fd, init)
     finally:
         conn.close()
