@@ -22,6 +22,7 @@ def test_quick_bench_prints_every_section_with_every_peer() -> None:
     titles = re.findall(r"^### (.+)$", out, re.M)
     assert titles == [
         "Threads: a trivial call, on the asyncio loop",
+        "Threads: one offload per new task, on the asyncio loop",
         "Threads: latency per call on one CPU (the library's own cost)",
         "Watcher",
         "Processes: per-call latency and throughput (asyncio)",
@@ -34,6 +35,7 @@ def test_quick_bench_prints_every_section_with_every_peer() -> None:
         "anyio.to_thread.run_sync",
         "asyncer.asyncify",
         "asgiref sync_to_async",
+        "(no offload: the harness alone)",
         "unstall.to_process",
         "ProcessPoolExecutor",
         "loky (reusable executor)",

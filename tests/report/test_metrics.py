@@ -279,3 +279,51 @@ def test_a_real_stall_is_exported(
     assert seconds.value >= 0.4
     (lag,) = found["unstall.loop.lag"]
     assert lag.max >= 0.4
+
+
+# ---------------------------------------------------------------- offload pools
+
+
+@pytest.mark.asyncio
+async def test_pools_are_exported_as_gauges_counters_and_a_queue_wait_histogram(
+    metrics: Metrics, registry: CollectorRegistry, reader: InMemoryMetricReader
+) -> None:
+    import threading
+
+    gate = threading.Event()
+    with unstall.ThreadPool(2, name="exported") as pool:
+        calls = [asyncio.ensure_future(pool.run(gate.wait, 10)) for _ in range(5)]
+        while pool.statistics().workers_busy < 2 or pool.statistics().calls_queued < 3:
+            await asyncio.sleep(0.01)
+        get = registry.get_sample_value
+        key = {"pool": "exported", "kind": "thread"}
+        assert get("unstall_pool_workers", {**key, "state": "busy"}) == 2
+        assert get("unstall_pool_calls_queued", key) == 3
+        assert get("unstall_pool_max_workers", key) == 2
+        assert get("unstall_pool_longest_queue_wait_seconds", key) > 0
+        gate.set()
+        await asyncio.gather(*calls)
+        assert get("unstall_pool_calls_total", {**key, "outcome": "completed"}) == 5
+        assert get("unstall_pool_calls_total", {**key, "outcome": "timed_out"}) == 0
+        assert get("unstall_pool_queue_wait_seconds_count", key) == 5
+        assert get("unstall_pool_queue_wait_seconds_bucket", {**key, "le": "+Inf"}) == 5
+        assert get("unstall_pool_queue_wait_seconds_sum", key) > 0
+        found = _otel(reader)
+        (completed,) = [
+            p
+            for p in found["unstall.pool.calls"]
+            if p.attributes == {**key, "outcome": "completed"}
+        ]
+        assert completed.value == 5
+        (cap,) = [p for p in found["unstall.pool.max_workers"] if p.attributes == key]
+        assert cap.value == 2
+
+
+def test_pools_false_exports_no_pool_metrics(registry: CollectorRegistry) -> None:
+    with unstall.ThreadPool(1, name="hidden"):
+        handle = enable_metrics(prometheus=True, registry=registry, pools=False)
+        try:
+            names = {family.name for family in registry.collect()}
+        finally:
+            handle.disable()
+    assert not any(name.startswith("unstall_pool") for name in names)

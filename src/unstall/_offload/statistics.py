@@ -17,6 +17,7 @@ QUEUE_WAIT_BUCKETS: tuple[float, ...] = (
     0.0001, 0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0,
 )  # fmt: skip
 """Upper bounds, in seconds, of the queue-wait histogram (a last bucket counts the rest)."""
+_FIRST_BOUND = QUEUE_WAIT_BUCKETS[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +87,9 @@ class WaitClock:
 
     def started(self, waited: float) -> None:
         self.sum += waited
+        if waited <= _FIRST_BOUND:  # the usual case, without the search
+            self.buckets[0] += 1
+            return
         if waited > self.max:
             self.max = waited
         self.buckets[bisect.bisect_left(QUEUE_WAIT_BUCKETS, waited)] += 1

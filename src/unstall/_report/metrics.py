@@ -15,6 +15,11 @@ OpenTelemetry                      Prometheus              what
 (counter)                          seconds_total``
 =================================  ======================  =============================
 
+With ``pools=True`` (the default) every live offload pool is exported as well: workers
+busy and idle, calls queued, the longest current queue wait, calls by outcome, worker
+restarts and a queue-wait histogram, labelled by pool name (see
+:mod:`unstall._report.pool_metrics`).
+
 Label values are bounded: after ``max_culprits`` distinct culprit lines (and 64 thread
 names) new ones are counted as ``"other"``, so a long-running service cannot grow its
 series without limit. Neither backend is imported until asked for.
@@ -28,6 +33,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from unstall._report import feed
+from unstall._report.pool_metrics import OtelPools, PrometheusPools, pool_snapshot
 from unstall._report.records import Stall
 
 __all__ = ["LAG_BUCKETS", "Metrics", "enable_metrics"]
@@ -77,7 +83,7 @@ def _stall_labels(stall: Stall, culprits: _Bounded) -> tuple[str, str, str]:
 
 
 class _Prometheus:
-    def __init__(self, registry: Any, prefix: str, buckets: Sequence[float]) -> None:
+    def __init__(self, registry: Any, prefix: str, buckets: Sequence[float], pools: bool) -> None:
         try:
             import prometheus_client as prom
         except ImportError as exc:
@@ -111,6 +117,10 @@ class _Prometheus:
                     registry=self.registry,
                 )
             )
+            if pools:
+                collector = PrometheusPools(prefix, pool_snapshot)
+                self.registry.register(collector)
+                made.append(collector)
         except ValueError as exc:  # "Duplicated timeseries in CollectorRegistry"
             for collector in made:
                 self.registry.unregister(collector)
@@ -119,7 +129,7 @@ class _Prometheus:
                 "registry: disable() the first handle, or pass another prefix or registry"
             ) from exc
         self._collectors = made
-        self._lag, self._stalls, self._seconds = made
+        self._lag, self._stalls, self._seconds = made[:3]
         self._lag_children: dict[str, Any] = {}
 
     def lag(self, thread: str, lag_s: float) -> None:
@@ -138,7 +148,9 @@ class _Prometheus:
 
 
 class _OpenTelemetry:
-    def __init__(self, meter_provider: Any, prefix: str, buckets: Sequence[float]) -> None:
+    def __init__(
+        self, meter_provider: Any, prefix: str, buckets: Sequence[float], pools: bool
+    ) -> None:
         try:
             from opentelemetry import metrics
         except ImportError as exc:
@@ -159,6 +171,7 @@ class _OpenTelemetry:
             description="Seconds the event loop was blocked by stalls, by culprit line.",
         )
         self._thread_attrs: dict[str, dict[str, str]] = {}
+        self._pools = OtelPools(meter, prefix, pool_snapshot) if pools else None
 
     def lag(self, thread: str, lag_s: float) -> None:
         attrs = self._thread_attrs.get(thread)
@@ -173,6 +186,8 @@ class _OpenTelemetry:
 
     def close(self) -> None:
         """OpenTelemetry instruments cannot be removed; they simply stop receiving data."""
+        if self._pools is not None:
+            self._pools.enabled = False
 
 
 def _histogram(meter: Any, name: str, buckets: Sequence[float]) -> Any:
@@ -257,6 +272,7 @@ def enable_metrics(
     prefix: str = "unstall",
     max_culprits: int = 100,
     lag_buckets: Sequence[float] = LAG_BUCKETS,
+    pools: bool = True,
 ) -> Metrics:
     """Export loop lag and stalls from every watcher in this process as metrics.
 
@@ -272,6 +288,8 @@ def enable_metrics(
         prefix: Metric name prefix: letters, digits and ``_``.
         max_culprits: Distinct culprit lines given their own label; later ones are "other".
         lag_buckets: Histogram bucket bounds for the lag, in seconds.
+        pools: Also export every offload pool's statistics (workers, queue, calls by
+            outcome, queue-wait histogram), read when the metrics are collected.
 
     Returns:
         A :class:`Metrics` handle; call ``.disable()`` (or leave its ``with`` block) to stop.
@@ -281,6 +299,8 @@ def enable_metrics(
         ValueError: no backend requested, a bad argument, or the Prometheus registry
             already holds unstall metrics with this prefix.
     """
+    if not isinstance(pools, bool):
+        raise TypeError(f"pools must be True or False, not {pools!r}")
     if not (otel or prometheus):
         raise ValueError("enable_metrics() needs otel=True and/or prometheus=True")
     if registry is not None and not prometheus:
@@ -303,9 +323,9 @@ def enable_metrics(
     buckets = _lag_buckets(lag_buckets)
     sinks: list[_Sink] = []
     if otel:
-        sinks.append(_OpenTelemetry(meter_provider, prefix, buckets))
+        sinks.append(_OpenTelemetry(meter_provider, prefix, buckets, pools))
     if prometheus:
-        sinks.append(_Prometheus(registry, prefix, buckets))
+        sinks.append(_Prometheus(registry, prefix, buckets, pools))
     handle = Metrics(sinks, max_culprits)
     feed.subscribe(handle)
     return handle

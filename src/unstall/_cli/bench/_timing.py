@@ -38,3 +38,26 @@ async def throughput(call: Call, per_task: int, in_flight: int) -> float:
     start = time.perf_counter()
     await asyncio.gather(*(chain() for _ in range(in_flight)))
     return in_flight * per_task / (time.perf_counter() - start)
+
+
+async def new_tasks(call: Call, n_tasks: int, in_flight: int) -> float:
+    """Calls per second when each call is made by a new task (a server's pattern: one task
+    per request): ``n_tasks`` tasks gathered at once, ``in_flight`` of them past an
+    ``asyncio.Semaphore`` at a time, each awaiting ``call`` once."""
+    gate = asyncio.Semaphore(in_flight)
+
+    async def one() -> None:
+        async with gate:
+            await call()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(n_tasks)))
+    return n_tasks / (time.perf_counter() - start)
+
+
+async def loop_round_trip() -> None:
+    """The least any offload costs the loop: suspend until a callback resolves a future."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[None] = loop.create_future()
+    loop.call_soon(fut.set_result, None)
+    await fut

@@ -1,9 +1,14 @@
 """Bench section "threads": to_thread against asyncio.to_thread and its peers.
 
-Two figures per implementation, on each event loop:
+Three figures per implementation, on each event loop:
 
 - latency: sequential awaits of a trivial function (one call in flight), per call;
-- throughput: 64 coroutines each awaiting calls back to back (64 calls in flight).
+- throughput: 64 coroutines each awaiting calls back to back (64 calls in flight);
+- one offload per new task: 20,000 tasks gathered, 64 at a time past an
+  ``asyncio.Semaphore``, each offloading once (a server: one task per request). Here the
+  loop's own work (creating and waking tasks, the semaphore, its garbage collection)
+  costs about as much as the offload; the harness alone, with a loop round trip instead of
+  an offload, is measured too, as the ceiling.
 
 Implementations run interleaved, round after round (the order rotates each round), and each
 figure is the median of the rounds, so a noisy neighbour hits every implementation alike.
@@ -33,6 +38,7 @@ from unstall._offload.thread_pool import ThreadPool, to_thread
 
 IN_FLIGHT = 64
 BASELINE = "asyncio.to_thread"
+HARNESS = "(no offload: the harness alone)"
 
 
 def _trivial() -> int:
@@ -67,6 +73,37 @@ def _implementations(loop: asyncio.AbstractEventLoop) -> tuple[dict[str, Call], 
     else:
         missing.append("asgiref")
     return impls, missing
+
+
+async def _new_tasks(rounds: int, n_tasks: int) -> dict[str, float]:
+    """Median calls per second of the one-offload-per-new-task pattern, interleaved."""
+    impls, _ = _implementations(asyncio.get_running_loop())
+    impls[HARNESS] = _timing.loop_round_trip
+    names = list(impls)
+    for call in impls.values():
+        await _timing.new_tasks(call, n_tasks // 10, IN_FLIGHT)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in _timing.rotation(names, r):
+            samples[name].append(await _timing.new_tasks(impls[name], n_tasks, IN_FLIGHT))
+    return {n: statistics.median(v) for n, v in samples.items()}
+
+
+def _new_tasks_table(kind: str, rate: dict[str, float], rounds: int, n_tasks: int) -> Table:
+    table = Table(
+        title=f"Threads: one offload per new task, on the {kind} loop",
+        columns=["implementation", "calls per second", "vs asyncio.to_thread"],
+    )
+    for name, value in rate.items():
+        table.add(name, f"{value:,.0f} calls/s", fmt_ratio(value / rate[BASELINE]))
+    table.notes += [
+        f"{n_tasks:,} tasks gathered, {IN_FLIGHT} in flight through an asyncio.Semaphore, "
+        f"each awaiting one trivial call; median of {rounds} interleaved rounds; higher is "
+        "better",
+        f"{HARNESS}: each task awaits a future resolved by the loop itself, the ceiling "
+        "for any implementation",
+    ]
+    return table
 
 
 async def _measure(
@@ -150,6 +187,7 @@ def _new_loop(kind: str) -> asyncio.AbstractEventLoop | None:
 def run(opts: BenchOptions) -> list[Table]:
     """Measure every implementation on every loop of ``opts.loops``; one table per loop."""
     rounds, n_latency, per_task = (5, 1000, 20) if opts.quick else (9, 2000, 150)
+    n_tasks = 4000 if opts.quick else 20_000
     tables = []
     for kind in opts.loops:
         loop = _new_loop(kind)
@@ -171,6 +209,7 @@ def run(opts: BenchOptions) -> list[Table]:
             latency, throughput, missing = loop.run_until_complete(
                 _measure(loop, rounds, n_latency, per_task)
             )
+            new_tasks = loop.run_until_complete(_new_tasks(rounds, n_tasks))
             loop.run_until_complete(loop.shutdown_default_executor())
         finally:
             loop.close()
@@ -193,5 +232,6 @@ def run(opts: BenchOptions) -> list[Table]:
         if missing:
             table.notes.append(f"not installed, not measured: {', '.join(missing)}")
         tables.append(table)
+        tables.append(_new_tasks_table(kind, new_tasks, rounds, n_tasks))
     tables.append(_one_cpu_table(rounds, n_latency))
     return tables
