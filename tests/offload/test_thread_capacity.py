@@ -198,3 +198,29 @@ def test_interpreter_exit_with_thread_calls_in_flight_is_prompt_and_silent() -> 
     assert proc.stdout == "done\n"
     assert proc.stderr == ""
     assert time.monotonic() - start < 30
+
+
+@pytest.mark.asyncio
+async def test_a_watcher_notes_a_full_pool_behind_a_stall_free_loop() -> None:
+    from unstall._report.summary import render_summary
+
+    with ThreadPool(1, name="tiny") as pool:
+        async with unstall.watch(threshold=0.5) as watcher:
+            await asyncio.gather(*(pool.run(time.sleep, 0.6) for _ in range(3)))
+        report = watcher.report()
+    (note,) = report.notes
+    assert note.startswith("the thread pool 'tiny' was full for 1.")
+    assert "raise its max_workers, or bound the callers with a Limiter" in note
+    assert "1 call waited over 1 s" in note
+    text = render_summary(report, color=False)
+    assert text.splitlines()[-1] == f"  note: {note}"
+    assert unstall.Report.from_json(report.to_json()).notes == [note]
+
+
+@pytest.mark.asyncio
+async def test_a_pool_that_kept_up_gets_no_note() -> None:
+    with ThreadPool(4, name="roomy") as pool:
+        async with unstall.watch(threshold=0.5) as watcher:
+            await asyncio.gather(*(pool.run(time.sleep, 0.05) for _ in range(4)))
+    assert watcher.report().notes == []
+    assert "notes" not in watcher.report().to_dict()

@@ -304,6 +304,8 @@ class Report:
     argv: list[str] = field(default_factory=list)
     aggregated: list[Aggregate] = field(default_factory=list)
     """Stalls counted but not kept (past the watcher's ``max_records``), per culprit."""
+    notes: list[str] = field(default_factory=list)
+    """Findings besides stalls, one line each (an offload pool that was full)."""
 
     @property
     def stall_count(self) -> int:
@@ -311,6 +313,7 @@ class Report:
         return len(self.stalls) + sum(a.count for a in self.aggregated)
 
     def to_dict(self) -> dict[str, Any]:
+        notes = {"notes": list(self.notes)} if self.notes else {}
         return {
             "version": REPORT_VERSION,
             "threshold_s": self.threshold_s,
@@ -321,6 +324,7 @@ class Report:
             "stalls": [s.to_dict() for s in self.stalls],
             "stall_count": self.stall_count,
             "aggregated": [a.to_dict() for a in self.aggregated],
+            **notes,
         }
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -350,6 +354,7 @@ class Report:
                 duration_s=float(data.get("duration_s", 0.0)),
                 argv=[str(a) for a in data.get("argv", ())],
                 aggregated=[Aggregate.from_dict(a) for a in data.get("aggregated", ())],
+                notes=[str(n) for n in data.get("notes", ())],
             )
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise ReportError(f"malformed unstall report: {exc}") from None

@@ -152,8 +152,9 @@ def render_summary(
         the loop never stalled above the threshold (or that no loop ran, when the report
         lists no loop) and how long it was watched.
     """
+    notes = [f"  note: {note}" for note in report.notes]
     if not report.stalls:
-        return _quiet_line(report)
+        return "\n".join([_quiet_line(report), *notes])
     paint = _Painter(should_color() if color is None else color)
     width = width or shutil.get_terminal_size(fallback=(100, 24)).columns
     groups = group_by_culprit(report.stalls)
@@ -172,7 +173,7 @@ def render_summary(
             f"  ... and {counted} more stalls counted but not kept (max_records), "
             f"at {len(report.aggregated)} places (see --json for all)"
         )
-    return "\n".join(lines)
+    return "\n".join([*lines, *notes])
 
 
 def _numbers(group: Sequence[Stall]) -> tuple[str, str, str]:

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterable
 from types import TracebackType
 
+from unstall._offload.capacity import wait_marks, wait_notes
 from unstall._report.format import format_duration
 from unstall._report.records import Aggregate, LoopInfo, Report, Stall
 from unstall._util import _is_async_callable
@@ -70,6 +71,7 @@ class Watcher:
         self._providers = context
         self._started_at = time.time()
         self._t0 = time.monotonic()
+        self._pool_marks = wait_marks()  # a full offload pool is noted in the report
         self._stopped_t: float | None = None
         self._lock = threading.Lock()
         self._loops: list[LoopInfo] = []
@@ -197,6 +199,7 @@ class Watcher:
             loops=list(self._loops),
             started_at=self._started_at,
             duration_s=end - self._t0,
+            notes=wait_notes(self._pool_marks),
         )
 
     def __enter__(self) -> Watcher:
