@@ -1105,7 +1105,8 @@ async def to_process(func: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs)
 
     For CPU-bound work: the loop and its other tasks keep running. Functions and
     arguments are sent with cloudpickle when installed (lambdas and closures work), else
-    pickle. The default pool has ``os.cpu_count()`` workers, started on first use.
+    pickle. The default pool has one worker per CPU this process may use (its affinity
+    mask, capped by its cgroup CPU quota), started on first use.
 
     Raises:
         TypeError: ``func`` is not callable or is a coroutine function, or the call cannot
