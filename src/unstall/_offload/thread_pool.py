@@ -613,7 +613,7 @@ class ThreadPool:
                 job = jobs.popleft()
             except IndexError:
                 return
-            if isinstance(job, _Detached):
+            if isinstance(job, _Detached):  # fire-and-forget: no caller to tell
                 continue
             try:
                 job.claim.pop()
