@@ -69,7 +69,7 @@ def wait_notes(marks: Marks) -> list[str]:
         if waiting:
             calls += f", {stats.calls_queued} wait now"
         notes.append(
-            f"the {stats.kind} pool {stats.name!r} was full for {longest:.1f} s or more "
+            f"the {stats.kind} pool {stats.name!r} was full for {longest:.2f} s or more "
             f"({calls} for one of its {stats.max_workers} workers): raise its max_workers, "
             "or bound the callers with a Limiter"
         )
