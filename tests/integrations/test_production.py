@@ -393,9 +393,11 @@ def test_real_stalls_past_max_records_are_aggregated_and_reported() -> None:
     report = watcher.report()
     assert len(report.stalls) == 10
     assert report.stall_count >= 36  # a stall or two may go unseen on a busy machine
-    (aggregate,) = report.aggregated
-    assert aggregate.culprit is not None
-    assert (aggregate.culprit.file, aggregate.culprit.line) == (blocking.HERE, line_of("sleep"))
+    # A stall that ended before it was sampled (a busy machine) has no culprit: its own bucket.
+    here = (blocking.HERE, line_of("sleep"))
+    (aggregate,) = [
+        a for a in report.aggregated if a.culprit and (a.culprit.file, a.culprit.line) == here
+    ]
     assert aggregate.worst_s >= 0.02
     from unstall._report.summary import render_summary
 
