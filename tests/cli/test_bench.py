@@ -67,6 +67,7 @@ def test_quick_frameworks_bench_measures_every_variant_under_wrk() -> None:
         "default FastAPI (anyio threads)",
         "unstall.integrations.anyio.install()",
         "async def + asyncio.to_thread",
+        "async def + unstall.to_thread",
     ):
         assert variant in rows, variant
         assert re.search(r"\| [\d,]+ +\| \d+\.\d\dx", rows[variant]), rows[variant]

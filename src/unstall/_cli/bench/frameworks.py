@@ -9,8 +9,8 @@ health route; Debian's ``wrk`` (another process, 127.0.0.1) drives it:
 - then 32 connections on the constant route alone: requests per second.
 
 Variants: default FastAPI (anyio's threads), FastAPI after
-``unstall.integrations.anyio.install()``, and ``async def`` routes offloading with
-``asyncio.to_thread`` for reference. Variants run interleaved, round after round (the order
+``unstall.integrations.anyio.install()``, and, for reference, ``async def`` routes
+offloading with ``asyncio.to_thread`` and with ``unstall.to_thread``. Variants run interleaved, round after round (the order
 rotates each round), each in a fresh server; every figure is the median of the rounds, so
 a noisy neighbour on a shared machine hits every variant alike.
 """
@@ -34,6 +34,7 @@ LABELS = {
     "default": "default FastAPI (anyio threads)",
     "unstall": "unstall.integrations.anyio.install()",
     "asyncio": "async def + asyncio.to_thread",
+    "to_thread": "async def + unstall.to_thread",
 }
 BASELINE = "default"
 SLEEP_CONNECTIONS = 32

@@ -5,7 +5,8 @@
 
 - ``default``: FastAPI as shipped (``def`` routes on anyio's worker threads);
 - ``unstall``: the same app after ``unstall.integrations.anyio.install()``;
-- ``asyncio``: ``async def`` routes that offload with ``asyncio.to_thread``, for reference.
+- ``asyncio``: ``async def`` routes that offload with ``asyncio.to_thread``, for reference;
+- ``to_thread``: ``async def`` routes that offload with ``unstall.to_thread``, for reference.
 
 Routes: ``/sleep`` (20 ms of ``time.sleep``), ``/constant`` (returns a constant) and
 ``/health`` (``async def``, never offloads).
@@ -19,7 +20,7 @@ import sys
 import time
 from typing import Any
 
-VARIANTS = ("default", "unstall", "asyncio")
+VARIANTS = ("default", "unstall", "asyncio", "to_thread")
 SLEEP_S = 0.02
 
 
@@ -43,13 +44,17 @@ def make_app(variant: str) -> Any:
 
         unstall_anyio.install()
     app = FastAPI()
-    if variant == "asyncio":
+    if variant in ("asyncio", "to_thread"):
+        if variant == "asyncio":
+            offload = asyncio.to_thread
+        else:
+            from unstall._offload.thread_pool import to_thread as offload
 
         async def sleep_offloaded() -> dict[str, bool]:
-            return await asyncio.to_thread(_sleep)
+            return await offload(_sleep)
 
         async def constant_offloaded() -> dict[str, int]:
-            return await asyncio.to_thread(_constant)
+            return await offload(_constant)
 
         app.get("/sleep")(sleep_offloaded)
         app.get("/constant")(constant_offloaded)
