@@ -319,3 +319,37 @@ def test_the_trio_backend_is_left_alone(installed: None) -> None:
     pytest.importorskip("trio", reason="trio (in the test extra) is not installed")
     name = anyio.run(anyio.to_thread.run_sync, thread_name, backend="trio")
     assert not name.startswith("unstall-")
+
+
+def test_an_abandoned_call_that_fails_later_is_logged_under_its_name(
+    installed: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    started, release, failed = threading.Event(), threading.Event(), threading.Event()
+
+    def fails_after_abandon() -> None:
+        started.set()
+        release.wait(SLACK_S)
+        failed.set()
+        raise ValueError("too late")
+
+    async def main() -> None:
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(
+                    lambda: anyio.to_thread.run_sync(fails_after_abandon, abandon_on_cancel=True)
+                )
+                await anyio.to_thread.run_sync(started.wait, SLACK_S)
+                scope.cancel()
+        release.set()
+        await anyio.to_thread.run_sync(failed.wait, SLACK_S)
+        for _ in range(int(SLACK_S / 0.01)):  # the failure reaches the loop just after
+            if caplog.records:
+                break
+            await anyio.sleep(0.01)
+
+    with caplog.at_level("ERROR", logger="unstall"):
+        anyio.run(main)
+    (record,) = caplog.records
+    assert "fails_after_abandon" in record.getMessage()
+    assert record.exc_info is not None
+    assert isinstance(record.exc_info[1], ValueError)

@@ -16,7 +16,10 @@ anyio's contract, kept as anyio's own implementation keeps it:
 - a returned value is returned as is (a coroutine too), an exception is re-raised with
   the worker's frames, ``StopIteration`` becomes ``RuntimeError`` as in anyio.
 
-Two things differ, both so that a full pool cannot deadlock:
+What differs: the threads are unstall's, shared by every loop and retired after 10 s idle
+(anyio's are per loop); an abandoned call (``abandon_on_cancel=True``) that raises later is
+logged to the ``unstall`` logger rather than dropped; and two things keep a full pool
+from deadlocking:
 
 - The pool has no thread cap of its own, like anyio's: limiters are the only bound, so a
   call holding its own limiter (FastAPI runs a ``yield`` dependency's cleanup that way)
@@ -122,8 +125,8 @@ def _worker_pool() -> ThreadPool:
 def install() -> None:
     """Run ``anyio.to_thread.run_sync`` calls on unstall's threads from now on.
 
-    Applies to every asyncio event loop in the process, calls already waiting included
-    from their next call on. Installing again is harmless.
+    Applies to every asyncio event loop of the process (uvloop included), from the next
+    call on; the trio backend is left alone. Installing again is harmless.
 
     Raises:
         ImportError: anyio is not installed.
@@ -192,37 +195,50 @@ async def _run_in_scope(
         # cancel="abandon": a shielded scope is never cancelled by anyio, and a native
         # task.cancel() abandons the thread in anyio too.
         pool = _pool or _worker_pool()
-        return await pool.submit(
-            _in_worker, (cls, loop, worker_scope, limiter, func, args), _NO_KWARGS
-        )
+        job = _InWorker(cls, loop, worker_scope, limiter, func, args)
+        return await pool.submit(job, (), _NO_KWARGS)
 
 
-def _in_worker(
-    cls: Any,
-    loop: asyncio.AbstractEventLoop,
-    scope: object,
-    limiter: Any,
-    func: Callable[..., Any],
-    args: tuple[Any, ...],
-) -> Any:
-    """Worker thread, inside the copy of the caller's context: run the call as anyio's
-    worker thread would."""
-    _set_current_async_library(None)
-    threadlocals = _threadlocals
-    threadlocals.current_cancel_scope = scope
-    lender = _Lender(limiter)
-    _lender.set(lender)
-    try:
-        with _claim_worker_thread(cls, loop):
-            value = func(*args)
-    except StopIteration as exc:
-        raise RuntimeError("coroutine raised StopIteration") from exc
-    finally:
-        lender.running = False
-        del threadlocals.current_cancel_scope
-    if type(value) is types.CoroutineType:
-        return _Coroutine(value)
-    return value
+class _InWorker:
+    """The job the pool runs: the call, run as anyio's worker thread would run it, inside
+    the pool's copy of the caller's context. Named after the call in unstall's logs."""
+
+    __slots__ = ("args", "cls", "func", "limiter", "loop", "scope")
+
+    def __init__(
+        self,
+        cls: Any,
+        loop: asyncio.AbstractEventLoop,
+        scope: object,
+        limiter: Any,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+    ) -> None:
+        self.cls, self.loop, self.scope, self.limiter = cls, loop, scope, limiter
+        self.func, self.args = func, args
+
+    @property
+    def __name__(self) -> str:
+        func = self.func
+        return str(getattr(func, "__qualname__", None) or getattr(func, "__name__", func))
+
+    def __call__(self) -> Any:
+        _set_current_async_library(None)
+        threadlocals = _threadlocals
+        threadlocals.current_cancel_scope = self.scope
+        lender = _Lender(self.limiter)
+        _lender.set(lender)
+        try:
+            with _claim_worker_thread(self.cls, self.loop):
+                value = self.func(*self.args)
+        except StopIteration as exc:
+            raise RuntimeError("coroutine raised StopIteration") from exc
+        finally:
+            lender.running = False
+            del threadlocals.current_cancel_scope
+        if type(value) is types.CoroutineType:
+            return _Coroutine(value)
+        return value
 
 
 _REPLACEMENT = classmethod(_run_sync_in_worker_thread)
