@@ -37,7 +37,7 @@ __all__ = ["main"]
 
 USAGE = (
     "usage: unstall run [--threshold S] [--json FILE] [--html FILE] [--trace FILE] "
-    "[--quiet] [--strict] (script.py | -m module) [args...]"
+    "[--quiet] [--strict] [--anyio] (script.py | -m module) [args...]"
 )
 
 _HELP = f"""{USAGE}
@@ -52,6 +52,8 @@ options (before the script or -m; everything after belongs to the program):
   --trace FILE    write a Chrome/Perfetto trace of the run
   --quiet         print only the final summary, not the live "stuck" lines
   --strict        also warn about known blocking calls made on the loop
+  --anyio         run anyio.to_thread.run_sync (FastAPI and Starlette `def` endpoints,
+                  sync dependencies, background tasks) on unstall's threads
   -m MODULE       run a module, like `python -m MODULE`
   -h, --help      show this help
 
@@ -73,6 +75,7 @@ class Options:
     trace: str | None = None
     quiet: bool = False
     strict: bool = False
+    anyio: bool = False
     module: str | None = None
     script: str | None = None
     args: list[str] = field(default_factory=list)
@@ -85,7 +88,7 @@ class Options:
 
 # Every report writer is an option of its own name (--json, --html, --trace).
 _VALUED = {"--threshold": "threshold", **{w.option: w.name for w in WRITERS.values()}}
-_FLAGS = {"--quiet": "quiet", "-q": "quiet", "--strict": "strict"}
+_FLAGS = {"--quiet": "quiet", "-q": "quiet", "--strict": "strict", "--anyio": "anyio"}
 
 
 def parse_args(argv: list[str]) -> Options | None:
@@ -164,6 +167,8 @@ class Session:
         global _stderr
         _stderr = sys.stderr
         self._color = should_color(sys.stderr)
+        if opts.anyio:
+            _install_anyio()
         if opts.strict:
             self._uninstall_strict = _load_strict()
         try:
@@ -336,6 +341,15 @@ def _load_writer(writer: Writer) -> None:
         raise UsageError(
             f"{writer.option} is not available in this build of unstall: {exc}"
         ) from None
+
+
+def _install_anyio() -> None:
+    try:
+        from unstall.integrations.anyio import install
+
+        install()
+    except (ImportError, RuntimeError) as exc:
+        raise UsageError(f"--anyio: {exc}") from None
 
 
 def _load_strict() -> Callable[[], None]:

@@ -21,7 +21,10 @@ SECTIONS: dict[str, str] = {
     "threads": "unstall._cli.bench.threads",
     "watcher": "unstall._cli.bench.watcher",
     "process": "unstall._cli.bench.process",
+    "frameworks": "unstall._cli.bench.frameworks",
 }
+# Run only when named: they need more than Python (frameworks: wrk, fastapi, uvicorn).
+ON_REQUEST = frozenset({"frameworks"})
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,10 @@ def _parser() -> argparse.ArgumentParser:
         "sections",
         nargs="*",
         metavar="SECTION",
-        help=f"which sections to run (default: all of {', '.join(SECTIONS)})",
+        help=(
+            f"which sections to run (default: {', '.join(s for s in SECTIONS if s not in ON_REQUEST)}; "
+            f"only when named: {', '.join(sorted(ON_REQUEST))})"
+        ),
     )
     p.add_argument("--quick", action="store_true", help="a short smoke run (figures are noisy)")
     p.add_argument(
@@ -83,7 +89,7 @@ def main(argv: Sequence[str]) -> int:
         module = importlib.import_module("unstall._cli.bench.soak")
         return int(module.run(opts))
     print(f"# unstall bench\n\nMachine: {machine_line()}\n", flush=True)
-    for name in args.sections or list(SECTIONS):
+    for name in args.sections or [s for s in SECTIONS if s not in ON_REQUEST]:
         module = importlib.import_module(SECTIONS[name])
         tables: list[Table] = module.run(opts)
         for table in tables:
