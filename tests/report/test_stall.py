@@ -57,9 +57,24 @@ def test_group_by_culprit_orders_by_total_time() -> None:
     assert [(c.line if c else None, len(g)) for c, g in groups] == [(7, 1), (9, 2)]
 
 
-def test_fix_hint_depends_on_kind() -> None:
-    assert "to_thread" in _stall(7, 1.0, "wait").fix_hint
-    assert "to_process" in _stall(7, 1.0, "cpu").fix_hint
+def test_a_known_waiting_call_goes_to_a_thread_whatever_the_clocks_said() -> None:
+    assert _stall(7, 1.0, "wait").fix.action == "to_thread"
+    assert _stall(7, 1.0, "cpu").fix.action == "to_thread"
+
+
+def test_an_unknown_call_is_offloaded_by_its_measured_kind() -> None:
+    stall = _stall(7, 1.0).with_updates(call="app.crunch")
+    assert stall.with_updates(kind="wait").fix.action == "to_thread"
+    assert stall.with_updates(kind="cpu").fix.action == "to_process"
+    assert "to_process" in stall.with_updates(kind="cpu").fix_hint
+
+
+def test_the_fix_round_trips_and_is_decided_again_when_the_stall_changes() -> None:
+    stall = _stall(7, 1.0)
+    data = stall.to_dict()
+    assert data["fix"] == {"action": "to_thread", "text": stall.fix.text}
+    assert Stall.from_dict(data) == stall
+    assert stall.with_updates(kind="gc", gc_s=0.9).fix.action == "tune_gc"
 
 
 @pytest.mark.parametrize(
@@ -96,14 +111,14 @@ def test_a_coroutine_frame_round_trips_and_compares_like_any_frame() -> None:
 def test_fix_hint_offloads_the_call_when_the_culprit_is_an_async_helper() -> None:
     helper = Frame("/app/main.py", 7, "helper", "time.sleep(3)", coroutine=True)
     stall = _stall(7, 1.0).with_updates(culprit=helper)
-    assert "to_thread(time.sleep, ...)" in stall.fix_hint
+    assert "to_thread(time.sleep, 3)" in stall.fix_hint
 
 
 def test_fix_hint_names_the_sync_function_the_task_calls() -> None:
     stall = _stall(7, 1.0)
     assert "to_thread(slow_function, ...)" in stall.fix_hint
     # blocking directly inside the coroutine: offload the innermost call instead
-    assert "to_thread(time.sleep, ...)" in stall.with_updates(coro="slow_function").fix_hint
+    assert "to_thread(time.sleep, 3)" in stall.with_updates(coro="slow_function").fix_hint
     assert (
         "to_thread(time.sleep, ...)"
         in stall.with_updates(culprit=Frame("/app/main.py", 3, "<module>")).fix_hint

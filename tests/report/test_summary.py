@@ -136,7 +136,7 @@ def test_groups_by_culprit_costliest_first_with_counts(report: Report, tmp_path:
     assert "7 | time.sleep(3)" in block
     assert "call: time.sleep" in block
     assert "task: Task-2 (test1)" in block
-    assert "fix: blocking wait: run it in a thread with `await unstall.to_thread(" in block
+    assert "fix: blocking call: run it in a thread with `await unstall.to_thread(" in block
     assert "unstall.to_process(" in "\n".join(lines[second:])
 
 

@@ -22,7 +22,12 @@ JSON format, version 1 (field names are a public contract: add fields, never ren
          "culprit": {"file": "/abs/app.py", "line": 7, "function": "slow_function",
                      "code": "time.sleep(3)"},
          "call": "time.sleep",
-         "kind": "wait",               # "wait" | "cpu" | "unknown"
+         "kind": "wait",               # "wait" | "cpu" | "gc" | "import" | "unknown"
+         "fix": {"action": "to_thread", # "to_thread" | "to_process" | "tune_gc" |
+                 "text": "..."},        #   "import_early" | "none"
+         "gc_s": 0.0,                  # seconds of it spent in garbage collection
+         "gc_generations": [],         # the generations collected meanwhile
+         "gc_collected": 0,            # objects those collections freed
          "stack": [{"file": "/abs/app.py", "line": 30, "function": "<module>"}, ...],
          "samples": [{"file": "...", "line": 7, "function": "slow_function", "count": 29}],
          "sample_count": 30,
@@ -42,13 +47,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 from unstall._exceptions import ReportError
+from unstall._report.fixes import Fix, decide
 from unstall._report.format import write_atomic
 
 __all__ = ["Aggregate", "Frame", "LoopInfo", "Report", "Stall", "StallKind"]
 
 REPORT_VERSION = 1
 
-StallKind = Literal["wait", "cpu", "unknown"]
+StallKind = Literal["wait", "cpu", "gc", "import", "unknown"]
+_KINDS = ("wait", "cpu", "gc", "import")
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,12 +127,19 @@ class Stall:
         culprit: The frame of the user's own code where the stall spent its time.
         call: The innermost call, e.g. ``"time.sleep"`` or ``"socket.socket.recv"``.
         kind: ``"wait"`` (sleep, I/O, locks, subprocesses), ``"cpu"`` (Python or C code
-            computing) or ``"unknown"``; it decides the fix hint.
+            computing), ``"gc"`` (garbage collection was most of it), ``"import"`` (a
+            first import) or ``"unknown"``.
         stack: The loop thread's stack, outermost frame first.
         samples: Where the watchdog's samples fell, most frequent first.
         sample_count: How many samples were taken during the stall.
         ongoing: ``True`` while the stall still lasts (a hang being reported live).
-        method: How the stack was obtained (``"sampler"`` or ``"faulthandler"``).
+        method: How the stack was obtained (``"sampler"``, ``"signal"`` or
+            ``"faulthandler"``).
+        gc_s: Seconds of the stall spent in garbage collection.
+        gc_generations: The generations collected during the stall.
+        gc_collected: How many objects those collections freed.
+        fix: What to do about it (:class:`~unstall._report.fixes.Fix`), decided by the
+            fix catalogue from the fields above unless given.
         context: What the blocked task was serving: ``trace_id``, ``span_id`` and
             ``span_name`` of its OpenTelemetry span, ``http.method``, ``http.route`` and
             ``http.target`` of its ASGI request, and what ``watch(context=...)`` added.
@@ -149,34 +163,24 @@ class Stall:
     ongoing: bool = False
     method: str = "sampler"
     context: dict[str, Any] = field(default_factory=dict)
+    gc_s: float = 0.0
+    gc_generations: tuple[int, ...] = ()
+    gc_collected: int = 0
+    fix: Fix = None  # type: ignore[assignment]  # set from the catalogue when not given
+
+    def __post_init__(self) -> None:
+        if self.fix is None:
+            object.__setattr__(self, "fix", decide(self))
 
     def with_updates(self, **changes: Any) -> Stall:
-        """Return a copy with some fields changed."""
+        """Return a copy with some fields changed (the fix decided again unless given)."""
+        changes.setdefault("fix", None)
         return replace(self, **changes)
 
     @property
     def fix_hint(self) -> str:
-        """One line telling how to move this work off the loop.
-
-        CPU work goes to a process, waiting to a thread. When the culprit is a plain
-        function the task calls (not the coroutine itself), offloading that whole
-        function is the better advice than offloading the innermost call inside it.
-        """
-        what = self._offload_candidate()
-        if self.kind == "cpu":
-            return f"CPU work: run it in a process with `await unstall.to_process({what}, ...)`"
-        return f"blocking wait: run it in a thread with `await unstall.to_thread({what}, ...)`"
-
-    def _offload_candidate(self) -> str:
-        culprit = self.culprit
-        if culprit is None:
-            return self.call or "the_call"
-        coro_name = (self.coro or "").rsplit(".", 1)[-1]
-        if culprit.coroutine or culprit.function.startswith("<") or culprit.function == coro_name:
-            # Blocking inside async code (the task's coroutine or an async helper it
-            # awaits): offload the innermost call, the async function cannot go to a thread.
-            return self.call or culprit.function
-        return culprit.function
+        """The fix's sentence (``fix.text``): every output shows this same text."""
+        return self.fix.text
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -197,12 +201,17 @@ class Stall:
             "ongoing": self.ongoing,
             "method": self.method,
             "context": dict(self.context),
+            "gc_s": round(self.gc_s, 6),
+            "gc_generations": list(self.gc_generations),
+            "gc_collected": self.gc_collected,
+            "fix": self.fix.to_dict(),
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Stall:
         culprit = data.get("culprit")
         kind = data.get("kind", "unknown")
+        fix = data.get("fix")
         return cls(
             start_s=float(data["start_s"]),
             duration_s=float(data["duration_s"]),
@@ -214,13 +223,17 @@ class Stall:
             callback=data.get("callback"),
             culprit=None if culprit is None else Frame.from_dict(culprit),
             call=data.get("call"),
-            kind=kind if kind in ("wait", "cpu") else "unknown",
+            kind=kind if kind in _KINDS else "unknown",
             stack=tuple(Frame.from_dict(f) for f in data.get("stack", ())),
             samples=tuple(SampleCount.from_dict(s) for s in data.get("samples", ())),
             sample_count=int(data.get("sample_count", 0)),
             ongoing=bool(data.get("ongoing", False)),
             method=str(data.get("method", "sampler")),
             context=dict(data.get("context") or {}),
+            gc_s=float(data.get("gc_s", 0.0)),
+            gc_generations=tuple(int(g) for g in data.get("gc_generations", ())),
+            gc_collected=int(data.get("gc_collected", 0)),
+            fix=None if fix is None else Fix.from_dict(fix),
         )
 
 

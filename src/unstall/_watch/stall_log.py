@@ -96,11 +96,12 @@ class StallLog:
         if seen is not None and seen.count:
             self._write_repeats(seen, now)
         self._write(
-            "event loop blocked for %s at %s, in %s, thread %s",
+            "event loop blocked for %s at %s, in %s, thread %s; fix: %s",
             format_duration(stall.duration_s),
             _where(stall),
             _running(stall),
             stall.thread,
+            stall.fix.text,
         )
 
     def flush(self) -> None:
