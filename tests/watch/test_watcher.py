@@ -99,7 +99,7 @@ def test_blocking_inside_an_awaited_async_helper() -> None:
     assert stall.culprit.function == "async_helper_sleep_block"
     assert stall.culprit.coroutine
     # The helper is async: the hint offloads the blocking call, not the helper.
-    assert "to_thread(time.sleep, ...)" in stall.fix_hint
+    assert "to_thread(time.sleep, seconds)" in stall.fix_hint
     assert stall.to_dict()["culprit"]["coroutine"] is True
 
 

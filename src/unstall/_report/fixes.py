@@ -196,7 +196,10 @@ def _spell(node: ast.Call) -> str:
     """``db.execute, QUERY, (n,)`` for ``db.execute(QUERY, (n,))``."""
     parts = [ast.unparse(node.func)]
     parts += [ast.unparse(a) for a in node.args]
-    parts += [f"{k.arg}={ast.unparse(k.value)}" if k.arg else f"**{ast.unparse(k.value)}" for k in node.keywords]
+    parts += [
+        f"{k.arg}={ast.unparse(k.value)}" if k.arg else f"**{ast.unparse(k.value)}"
+        for k in node.keywords
+    ]
     return ", ".join(parts)
 
 
@@ -331,4 +334,6 @@ def decide(stall: Stall) -> Fix:
             f"blocking call: run it in a thread with `await unstall.to_thread({_candidate(stall)})`",
         )
     what = _candidate(stall)
-    return Fix("to_process", f"CPU work: run it in a process with `await unstall.to_process({what})`")
+    return Fix(
+        "to_process", f"CPU work: run it in a process with `await unstall.to_process({what})`"
+    )

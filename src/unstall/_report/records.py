@@ -169,7 +169,7 @@ class Stall:
     fix: Fix = None  # type: ignore[assignment]  # set from the catalogue when not given
 
     def __post_init__(self) -> None:
-        if self.fix is None:
+        if getattr(self, "fix", None) is None:
             object.__setattr__(self, "fix", decide(self))
 
     def with_updates(self, **changes: Any) -> Stall:
@@ -233,7 +233,7 @@ class Stall:
             gc_s=float(data.get("gc_s", 0.0)),
             gc_generations=tuple(int(g) for g in data.get("gc_generations", ())),
             gc_collected=int(data.get("gc_collected", 0)),
-            fix=None if fix is None else Fix.from_dict(fix),
+            fix=None if fix is None else Fix.from_dict(fix),  # type: ignore[arg-type]
         )
 
 

@@ -10,6 +10,7 @@ most time wins.
 
 from __future__ import annotations
 
+import ast
 import linecache
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
@@ -149,7 +150,7 @@ def _kind(samples: Sequence[Sample], call: str | None, method: str) -> StallKind
         # A known waiting call waits, whatever the clocks say: its thread may have been
         # runnable only to take the GIL back, or the watchdog starved by another thread.
         return "wait"
-    if method == "faulthandler":
+    if method in ("faulthandler", "signal", "checkpoint"):
         return "cpu"  # only C code holding the GIL keeps the watchdog from sampling
     timed = [s for s in samples if s.cpu is not None]
     if len(timed) >= 2 and timed[-1].t - timed[0].t > 0.02:
@@ -167,6 +168,39 @@ def _context_of(samples: Sequence[Sample]) -> dict[str, Any]:
     return found
 
 
+def _is_import(frame: Frame) -> bool:
+    return frame.file.startswith("<frozen importlib") and frame.function == "_find_and_load"
+
+
+def _at_import(sample: Sample) -> Sample:
+    """A sample inside a first import, re-pointed at the line that imports.
+
+    The culprit is the frame just outside the outermost ``_find_and_load``: the ``import``
+    statement of the program (or of the library that imported lazily), whatever the
+    imported module was doing.
+    """
+    frames = sample.frames
+    outer = next((i for i, f in enumerate(frames) if _is_import(f)), None)
+    if outer is None or outer == 0:
+        return sample
+    return replace(sample, culprit=outer - 1, call=None, importing=True)
+
+
+def _imported(frame: Frame) -> str | None:
+    """The module a line imports (``import a.b`` -> ``a.b``), as written."""
+    text = (frame.code or "").strip()
+    try:
+        tree = ast.parse(text)
+    except SyntaxError:
+        return None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import) and node.names:
+            return node.names[0].name
+        if isinstance(node, ast.ImportFrom):
+            return "." * node.level + (node.module or "")
+    return None
+
+
 def build_stall(
     samples: Sequence[Sample], start: float, end: float, meta: LoopMeta, *, ongoing: bool = False
 ) -> Stall:
@@ -181,7 +215,7 @@ def build_stall(
         ongoing=ongoing,
         method="none",
     )
-    usable = [s for s in ordered if s.culprit >= 0]
+    usable = [_at_import(s) for s in ordered if s.culprit >= 0]
     if not usable:
         return base
     weights = sample_weights(usable, start, end)
@@ -213,6 +247,9 @@ def build_stall(
         stack = _graft(rep.frames, [s for s in ordered if not s.truncated])
     counts = Counter(s.frames[s.culprit] for s in usable)
     named = next((s for s in ordered if s.task is not None or s.callback is not None), rep)
+    kind = _kind(ordered, call, method)
+    if rep.importing:
+        kind, call = "import", _imported(_with_code(rep.frames[rep.culprit]))
     return base.with_updates(
         context=_context_of(ordered),
         task=named.task,
@@ -220,7 +257,7 @@ def build_stall(
         callback=named.callback if named.task is None else None,
         culprit=_with_code(rep.frames[rep.culprit]),
         call=call,
-        kind=_kind(ordered, call, method),
+        kind=kind,
         stack=tuple(_with_code(f) for f in stack),
         samples=tuple(SampleCount(_with_code(f), n) for f, n in counts.most_common()),
         sample_count=len(ordered),

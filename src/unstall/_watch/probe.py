@@ -107,6 +107,8 @@ class LoopProbe:
         """The loop stopped running; the watchdog forgets it once its stalls are out."""
         self.retired_at: float | None = None
         """When the watchdog forgot it (monotonic)."""
+        self.signalled = False
+        """A main-thread loop watched with the timer signal too (:mod:`unstall._watch.interrupt`)."""
 
     @staticmethod
     def beat_interval(threshold: float) -> float:

@@ -18,10 +18,11 @@ from unstall._report.records import Frame
 from unstall._util import is_async_code
 from unstall._watch.callname import call_at
 from unstall._watch.context import describe, request_in, snapshot
+from unstall._watch.checkpoint import locate
 from unstall._watch.culprit import callback_start, culprit_index
 from unstall._watch.threadclock import ThreadClock
 
-__all__ = ["Sample", "capture", "frame_record"]
+__all__ = ["Sample", "capture", "capture_own", "frame_record"]
 
 _frame_cache: dict[tuple[types.CodeType, int], Frame] = {}
 
@@ -52,6 +53,8 @@ class Sample:
     """The thread was waiting for the GIL: blocked in ``futex`` outside any lock call."""
     context: dict[str, Any] | None = None
     """What the running task was serving (see :mod:`unstall._watch.context`)."""
+    importing: bool = False
+    """The culprit is an ``import`` line: the thread was running a first import."""
 
 
 def frame_record(code: types.CodeType, line: int) -> Frame:
@@ -68,12 +71,28 @@ def frame_record(code: types.CodeType, line: int) -> Frame:
 
 
 def capture(
-    thread_id: int, loop: asyncio.AbstractEventLoop, clock: ThreadClock, now: float
+    thread_id: int,
+    loop: asyncio.AbstractEventLoop,
+    clock: ThreadClock,
+    now: float,
+    gap_from: float | None = None,
 ) -> Sample | None:
-    """Sample the stack of thread ``thread_id``; ``None`` if the thread is gone."""
+    """Sample the stack of thread ``thread_id``; ``None`` if the thread is gone.
+
+    ``gap_from``: the watchdog could not run since then (C code may have held the GIL),
+    and the thread stopped at its first check since: the culprit is located from there
+    (:func:`~unstall._watch.checkpoint.locate`), and the sample stands for the gap.
+    """
     top = sys._current_frames().get(thread_id)
     if top is None:
         return None
+    if gap_from is not None:
+        place = locate(top)
+        if place is not None:
+            taken = capture_own(top, gap_from, "checkpoint", place, loop)
+            if taken is not None:
+                taken.cpu = clock.read()
+                return taken
     # First, before anything releases the GIL (reading files does) and lets the thread run.
     futex = clock.in_futex()
     chain: list[types.FrameType] = []
@@ -104,6 +123,47 @@ def capture(
         sample.gil = not _waits_on_a_lock(
             chain[-1], lastis[-1], sample.call, index == len(chain) - 1
         )
+    return sample
+
+
+def capture_own(
+    top: types.FrameType,
+    t: float,
+    method: str,
+    place: tuple[list[types.FrameType], int] | None = None,
+    loop: asyncio.AbstractEventLoop | None = None,
+) -> Sample | None:
+    """A sample of the calling thread's own stack from frame ``top`` outwards, dated ``t``.
+
+    ``place`` overrides where the culprit is: ``(frames, line)``, the frames outermost
+    first ending with the culprit's, and the line it ran (used when the stack was caught
+    just after the culprit's line, see :mod:`unstall._watch.interrupt`).
+    """
+    chain: list[types.FrameType] = []
+    f: types.FrameType | None = top
+    while f is not None:
+        chain.append(f)
+        f = f.f_back
+    chain.reverse()
+    frames = [frame_record(fr.f_code, fr.f_lineno or 0) for fr in chain]
+    if place is not None:
+        chain = place[0]
+        frames = [frame_record(fr.f_code, fr.f_lineno or 0) for fr in chain[:-1]]
+        frames.append(frame_record(chain[-1].f_code, place[1]))
+    files = [fr.file for fr in frames]
+    start = callback_start(files, [fr.function for fr in frames])
+    index = len(chain) - 1 if place is not None else culprit_index(files, start)
+    if index < 0:
+        return None
+    sample = Sample(t, tuple(frames), index, method=method)
+    try:
+        if place is None or chain[index] is top:
+            sample.call = call_at(chain[index])
+    except Exception:
+        sample.call = None
+    loop = loop or asyncio._get_running_loop()
+    if loop is not None:
+        _describe_running(sample, loop, chain, start)
     return sample
 
 

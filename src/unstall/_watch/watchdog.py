@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from unstall._report import feed
 from unstall._report.records import LoopInfo, Stall
-from unstall._watch import faultdump, loop_hooks
+from unstall._watch import faultdump, gcwatch, interrupt, loop_hooks, witness
 from unstall._watch.attribution import CPU_RATIO, LoopMeta, build_stall, split_by_callback
 from unstall._watch.probe import LoopProbe, Reading
 from unstall._watch.sampler import Sample, capture
@@ -34,6 +34,9 @@ _monotonic = time.monotonic
 _process_time = time.process_time
 SAMPLE_EVERY_S = 0.005
 HANG_EVERY_S = 1.0
+GAP_S = 0.03
+GC_SHARE = 0.5
+"""A stall is of kind ``gc`` when garbage collection took at least this share of it."""
 
 
 @dataclass
@@ -95,11 +98,13 @@ class Monitor:
         self._polls: deque[tuple[float, float]] = deque(maxlen=512)
         self._due = 0.0
         self._woke_late = 0.0
+        self._last_poll = 0.0
 
     # -- watchers ------------------------------------------------------------------------
 
     def add(self, watcher: Subscription) -> None:
         loop_hooks.install()
+        gcwatch.install()
         with self._lock:
             self._watchers.append(watcher)
             self._retune()
@@ -132,6 +137,8 @@ class Monitor:
                     self._tracks.pop(key, None)
             if not self._watchers:
                 loop_hooks.set_listener(None)
+                gcwatch.uninstall()
+                interrupt.detach()
                 thread, self._thread = self._thread, None
                 self._stop_event.set()
         if thread is not None and thread is not threading.current_thread():
@@ -170,6 +177,9 @@ class Monitor:
             if probe is not None and probe.loop is loop:
                 probe.stop_running()
                 probe.retiring = True
+                gcwatch.watch_thread(probe.thread_id, None)
+                if probe.signalled:
+                    interrupt.detach()
 
     def _start_probe(self, loop: asyncio.AbstractEventLoop, mid_iteration: bool) -> None:
         with self._lock:
@@ -180,6 +190,8 @@ class Monitor:
                 probe = self._probes[id(loop)] = LoopProbe(loop, self.threshold)
             probe.retiring = False
             probe.start(mid_iteration)
+            gcwatch.watch_thread(probe.thread_id, self.threshold / 4)
+            probe.signalled = interrupt.attach(probe.busy, self.threshold)
             # Arm the faulthandler timer now: the loop may enter C code holding the GIL
             # before the watchdog thread runs again.
             self._merge_dumps(faultdump.tick(_monotonic(), True, self.threshold))
@@ -224,6 +236,7 @@ class Monitor:
     # -- the watchdog --------------------------------------------------------------------
 
     def _run(self, stop: threading.Event) -> None:
+        interrupt.block_here()
         self._due = _monotonic()
         while not stop.is_set():
             began = _monotonic()
@@ -236,6 +249,7 @@ class Monitor:
                 _log.exception("unstall: watchdog error")
                 sampling = False
             self._polls.append((began, _monotonic()))
+            self._last_poll = began
             pause = SAMPLE_EVERY_S if sampling else min(self.threshold / 4, 0.025)
             self._due = _monotonic() + pause
             stop.wait(pause)
@@ -258,6 +272,9 @@ class Monitor:
             dumps = faultdump.tick(now, active and self._watchers != [], self.threshold)
             if dumps:
                 self._merge_dumps(dumps)
+            if any(p.signalled and p.running for p in self._probes.values()):
+                interrupt.arm(now, self.threshold)
+            self._merge_witness()
             for key, probe in list(self._probes.items()):
                 sampling = self._poll_probe(key, probe, now, deliveries) or sampling
                 if probe.retiring and not probe.running and not probe.finished:
@@ -273,6 +290,7 @@ class Monitor:
         """
         deliveries: list[Delivery] = []
         with self._lock:
+            self._merge_witness()
             now = _monotonic()
             me = threading.get_ident()
             for key, probe in list(self._probes.items()):
@@ -296,6 +314,8 @@ class Monitor:
         deliveries: list[Delivery],
         sample: bool = True,
     ) -> bool:
+        if probe.finished and witness.pending():
+            self._merge_witness()
         busy = probe.busy(now)
         track = self._tracks.get(key)
         while probe.finished:
@@ -335,7 +355,10 @@ class Monitor:
         # samples grow with the log of its duration; weighting by time keeps them fair.
         last = track.samples[-1].t if track.samples else None
         if last is None or now - last >= (now - start) / 200:
-            taken = capture(probe.thread_id, probe.loop, probe.clock, now)
+            # The watchdog was kept from running: the thread stopped right after what kept it.
+            gap = now - self._last_poll >= max(self.threshold / 2, GAP_S)
+            gap_from = max(self._last_poll, start) if gap else None
+            taken = capture(probe.thread_id, probe.loop, probe.clock, now, gap_from)
             again = probe.busy(_monotonic())
             if taken is not None and again is not None and again[0] == it_key:
                 track.samples.append(taken)
@@ -383,7 +406,7 @@ class Monitor:
         for lo, hi, part in split_by_callback(samples, start, end):
             if hi - lo < self.threshold:
                 continue
-            stall = build_stall(part, lo, hi, meta)
+            stall = _with_gc(build_stall(part, lo, hi, meta), probe.thread_id, lo, hi)
             if stall.kind == "unknown" and busy is not None:
                 # Too few samples to tell: the loop thread's own counters over the iteration.
                 stall = stall.with_updates(kind="cpu" if busy >= CPU_RATIO else "wait")
@@ -415,20 +438,29 @@ class Monitor:
         """Add each dump, as a sample, to the loop iteration it fell in (if any)."""
         for dump in dumps:
             for key, probe in self._probes.items():
-                spans = [(k, lo, hi) for k, lo, hi, _ in probe.finished]
-                busy = probe.busy(_monotonic())
-                if busy is not None:
-                    spans.append((busy[0], busy[1], _monotonic()))
-                span = next((s for s in spans if s[1] <= dump.t <= s[2]), None)
-                if span is None:
-                    continue
                 taken = dump.sample(probe.thread_id)
-                if taken is None:
-                    continue
-                track = self._tracks.get(key)
-                if track is None or track.key != span[0]:
-                    track = self._tracks[key] = _Track(span[0], span[1])
-                track.samples.append(taken)
+                if taken is not None:
+                    self._add_sample(key, probe, taken)
+
+    def _merge_witness(self) -> None:
+        """Add the samples loop threads took of themselves to their iterations."""
+        for thread_id, taken in witness.drain():
+            for key, probe in self._probes.items():
+                if probe.thread_id == thread_id:
+                    self._add_sample(key, probe, taken)
+
+    def _add_sample(self, key: int, probe: LoopProbe, taken: Sample) -> None:
+        spans = [(k, lo, hi) for k, lo, hi, _ in probe.finished]
+        busy = probe.busy(_monotonic())
+        if busy is not None:
+            spans.append((busy[0], busy[1], _monotonic()))
+        span = next((s for s in spans if s[1] <= taken.t <= s[2]), None)
+        if span is None:
+            return
+        track = self._tracks.get(key)
+        if track is None or track.key != span[0]:
+            track = self._tracks[key] = _Track(span[0], span[1])
+        track.samples.append(taken)
 
     @staticmethod
     def _deliver(deliveries: list[Delivery]) -> None:
@@ -437,6 +469,22 @@ class Monitor:
                 fn(stall)
             except BaseException:  # one failing delivery must not cost the others
                 _log.exception("unstall: delivering a stall failed")
+
+
+def _with_gc(stall: Stall, thread_id: int, start: float, end: float) -> Stall:
+    """Add what garbage collection took of the stall; its kind is ``gc`` if most of it."""
+    found = gcwatch.overlapping(thread_id, start, end)
+    if not found:
+        return stall
+    gc_s = sum(overlap for overlap, _ in found)
+    changes: dict[str, object] = {
+        "gc_s": gc_s,
+        "gc_generations": tuple(sorted({c.generation for _, c in found})),
+        "gc_collected": sum(c.collected for _, c in found),
+    }
+    if gc_s >= GC_SHARE * stall.duration_s or stall.call == "gc.collect":
+        changes["kind"] = "gc"
+    return stall.with_updates(**changes)
 
 
 def _emit(stall: Stall) -> None:

@@ -1,0 +1,173 @@
+"""Where C code that held the GIL ran, seen from the point where its thread stopped next.
+
+A thread holding the GIL in C code (``sum(range(10**9))``, ``b"*" * n``, a catastrophic
+regex) stops only at CPython's next check for pending work: right after a call into C
+returns (``CALL`` checks when it ends), at the start of a Python function (``RESUME``), at
+a loop's jump back. That is where it gives up the GIL to the watchdog, and where a signal
+handler runs. From a frame stopped there, :func:`locate` finds the culprit: the call that
+just returned, or the last operator before the check (the check may be in a function just
+started, or in asyncio's ``Handle._run`` after the task's step returned, with the
+coroutine suspended right after the culprit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dis
+import types
+from functools import lru_cache
+from typing import Any
+
+from unstall._watch.culprit import is_machinery
+
+__all__ = ["Place", "locate"]
+
+_CHECKS = frozenset(dis.opmap[name] for name in ("RESUME", "JUMP_BACKWARD") if name in dis.opmap)
+"""Where CPython always checks for pending work. A ``CALL`` checks when it returns from C
+code, but a call that starts a Python function checks in it, and one that makes a
+coroutine checks nowhere: a stretch between two checks may hold such calls."""
+_CALLS = frozenset(
+    dis.opmap[name]
+    for name in ("CALL", "CALL_KW", "CALL_FUNCTION_EX", "PRECALL")
+    if name in dis.opmap
+)
+# Instructions that can run long in C without a check: operators, subscripts, slicing,
+# building containers and strings, unpacking.
+_HEAVY = frozenset(
+    dis.opmap[name]
+    for name in (
+        "BINARY_OP",
+        "BINARY_SUBSCR",
+        "BINARY_SLICE",
+        "STORE_SUBSCR",
+        "STORE_SLICE",
+        "DELETE_SUBSCR",
+        "COMPARE_OP",
+        "CONTAINS_OP",
+        "BUILD_STRING",
+        "FORMAT_VALUE",
+        "FORMAT_SIMPLE",
+        "FORMAT_WITH_SPEC",
+        "CONVERT_VALUE",
+        "LIST_EXTEND",
+        "SET_UPDATE",
+        "DICT_UPDATE",
+        "DICT_MERGE",
+        "UNPACK_SEQUENCE",
+        "UNPACK_EX",
+        "CALL_INTRINSIC_1",
+        "GET_ITER",
+    )
+    if name in dis.opmap
+)
+_RESUME = dis.opmap["RESUME"]
+
+
+@lru_cache(maxsize=1024)
+def _instructions(code: types.CodeType) -> dict[int, tuple[int, int, int | None]]:
+    """offset -> (opcode, index in order, line), for the unspecialised instructions."""
+    out: dict[int, tuple[int, int, int | None]] = {}
+    for i, ins in enumerate(dis.get_instructions(code)):
+        out[ins.offset] = (ins.opcode, i, ins.positions.lineno if ins.positions else None)
+    return out
+
+
+@lru_cache(maxsize=1024)
+def _ordered(code: types.CodeType) -> tuple[tuple[int, int | None], ...]:
+    return tuple(
+        (ins.opcode, ins.positions.lineno if ins.positions else None)
+        for ins in dis.get_instructions(code)
+    )
+
+
+def _current(code: types.CodeType, lasti: int) -> tuple[int, int, int | None] | None:
+    table = _instructions(code)
+    # f_lasti may point into a call's inline cache: the instruction is the one before.
+    offset = lasti
+    while offset >= 0 and offset not in table:
+        offset -= 2
+    return table.get(offset)
+
+
+def _heavy_before(code: types.CodeType, index: int) -> int | None:
+    """The line of the last heavy instruction before ``index`` since the previous check."""
+    ordered = _ordered(code)
+    for i in range(index - 1, -1, -1):
+        op, line = ordered[i]
+        if op in _HEAVY:
+            return line
+        if op in _CHECKS:
+            return None
+    return None
+
+
+def _suspended_frames(handle: object) -> list[types.FrameType]:
+    """The coroutine frames of the task ``handle`` just stepped, outermost first."""
+    callback = getattr(handle, "_callback", None)
+    task = getattr(callback, "__self__", None)
+    if not isinstance(task, asyncio.Task):
+        return []
+    coro: Any = task.get_coro()
+    frames = []
+    while coro is not None and getattr(coro, "cr_frame", None) is not None:
+        frames.append(coro.cr_frame)
+        coro = getattr(coro, "cr_await", None)
+    return frames
+
+
+Place = tuple[list[types.FrameType], int]
+
+
+def _outward(frame: types.FrameType | None) -> list[types.FrameType]:
+    chain = []
+    while frame is not None:
+        chain.append(frame)
+        frame = frame.f_back
+    chain.reverse()
+    return chain
+
+
+def locate(frame: types.FrameType) -> Place | None:
+    """Where the C code ran, when the handler ran in ``frame`` right after it: the stack
+    (outermost first, ending with the culprit's frame) and the culprit's line.
+
+    ``None`` when it cannot be told (the work ran in a callback that is gone).
+    """
+    found = _current(frame.f_code, frame.f_lasti)
+    if found is None:
+        return None
+    op, index, line = found
+    if op == _RESUME:
+        if frame.f_code.co_code[frame.f_lasti + 1] != 0 or frame.f_back is None:
+            return None  # a coroutine resumed: what ran before was another callback
+        # A function just started: the C code ran in its caller, before or in the call.
+        caller = frame.f_back
+        found = _current(caller.f_code, caller.f_lasti)
+        if found is None:
+            return None
+        frame, (op, index, line) = caller, found
+        heavy = _heavy_before(frame.f_code, index)
+        return _checked(_outward(frame), heavy if heavy is not None else line)
+    if op in _CALLS and is_machinery(frame.f_code.co_filename, frame.f_code.co_name):
+        # Handle._run, the task's step just returned: the coroutine is suspended right
+        # after the C code, at its await.
+        coros = _suspended_frames(frame.f_locals.get("self"))
+        if not coros:
+            return None
+        inner = coros[-1]
+        found = _current(inner.f_code, inner.f_lasti)
+        if found is None:
+            return None
+        heavy = _heavy_before(inner.f_code, found[1])
+        return _checked(_outward(frame) + coros, heavy if heavy is not None else found[2])
+    if op in _CALLS:
+        return _checked(_outward(frame), line)  # the C call that just returned
+    heavy = _heavy_before(frame.f_code, index)
+    return _checked(_outward(frame), heavy if heavy is not None else line)
+
+
+def _checked(chain: list[types.FrameType], line: int | None) -> Place | None:
+    code = chain[-1].f_code
+    if line is None or is_machinery(code.co_filename, code.co_name):
+        return None
+    return chain, line
