@@ -61,6 +61,9 @@ _HEAVY = frozenset(
     if name in dis.opmap
 )
 _RESUME = dis.opmap["RESUME"]
+_AWAITS = frozenset(
+    dis.opmap[name] for name in ("SEND", "YIELD_VALUE", "GET_AWAITABLE") if name in dis.opmap
+)
 
 
 @lru_cache(maxsize=1024)
@@ -98,6 +101,30 @@ def _heavy_before(code: types.CodeType, index: int) -> int | None:
             return line
         if op in _CHECKS:
             return None
+    return None
+
+
+def _before_await(code: types.CodeType, index: int) -> int | None:
+    """At an ``await`` (or the call making its coroutine): the line of the last call or
+    operator before this line's own instructions, since the previous check.
+
+    Awaiting does nothing long in itself, so the time went just before: in a call that
+    returned (a Python function doing C work, freeing what it built) or an operator.
+    """
+    heavy = _heavy_before(code, index)
+    if heavy is not None:
+        return heavy
+    ordered = _ordered(code)
+    here = ordered[index][1]
+    i = index - 1
+    while i >= 0 and ordered[i][1] == here:
+        i -= 1
+    for j in range(i, -1, -1):
+        op, line = ordered[j]
+        if op in _CHECKS:
+            return None
+        if op in _CALLS or op in _HEAVY:
+            return line
     return None
 
 
@@ -146,7 +173,10 @@ def locate(frame: types.FrameType) -> Place | None:
         if found is None:
             return None
         frame, (op, index, line) = caller, found
-        heavy = _heavy_before(frame.f_code, index)
+        if op in _AWAITS:
+            heavy = _before_await(frame.f_code, index)
+        else:
+            heavy = _heavy_before(frame.f_code, index)
         return _checked(_outward(frame), heavy if heavy is not None else line)
     if op in _CALLS and is_machinery(frame.f_code.co_filename, frame.f_code.co_name):
         # Handle._run, the task's step just returned: the coroutine is suspended right
@@ -158,7 +188,7 @@ def locate(frame: types.FrameType) -> Place | None:
         found = _current(inner.f_code, inner.f_lasti)
         if found is None:
             return None
-        heavy = _heavy_before(inner.f_code, found[1])
+        heavy = _before_await(inner.f_code, found[1])
         return _checked(_outward(frame) + coros, heavy if heavy is not None else found[2])
     if op in _CALLS:
         return _checked(_outward(frame), line)  # the C call that just returned

@@ -19,7 +19,7 @@ from unstall._util import is_async_code
 from unstall._watch.callname import call_at
 from unstall._watch.context import describe, request_in, snapshot
 from unstall._watch.checkpoint import locate
-from unstall._watch.culprit import callback_start, culprit_index
+from unstall._watch.culprit import callback_start, culprit_index, origin
 from unstall._watch.threadclock import ThreadClock
 
 __all__ = ["Sample", "capture", "capture_own", "frame_record"]
@@ -86,7 +86,7 @@ def capture(
     top = sys._current_frames().get(thread_id)
     if top is None:
         return None
-    if gap_from is not None:
+    if gap_from is not None and origin(top.f_code.co_filename) != "unstall":
         place = locate(top)
         if place is not None:
             taken = capture_own(top, gap_from, "checkpoint", place, loop)
@@ -152,12 +152,13 @@ def capture_own(
         frames.append(frame_record(chain[-1].f_code, place[1]))
     files = [fr.file for fr in frames]
     start = callback_start(files, [fr.function for fr in frames])
-    index = len(chain) - 1 if place is not None else culprit_index(files, start)
+    index = culprit_index(files, start)
     if index < 0:
         return None
     sample = Sample(t, tuple(frames), index, method=method)
     try:
-        if place is None or chain[index] is top:
+        # The located frame's own line is not where it is now: no call to read there.
+        if place is None or index < len(chain) - 1 or chain[index] is top:
             sample.call = call_at(chain[index])
     except Exception:
         sample.call = None

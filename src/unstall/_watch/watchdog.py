@@ -360,7 +360,9 @@ class Monitor:
             gap_from = max(self._last_poll, start) if gap else None
             taken = capture(probe.thread_id, probe.loop, probe.clock, now, gap_from)
             again = probe.busy(_monotonic())
-            if taken is not None and again is not None and again[0] == it_key:
+            # Naming the call may read source and release the GIL, letting the iteration
+            # end meanwhile; a sample after a gap was read where the thread had stopped.
+            if taken is not None and (gap or (again is not None and again[0] == it_key)):
                 track.samples.append(taken)
                 if taken.gil:
                     track.handoffs += self._woke_late

@@ -1,0 +1,161 @@
+"""Diagnosis you can trust: C code holding the GIL, imports, GC pauses, and their fixes.
+
+Each case runs a small program from ``fixtures/diagnosis.py`` on a real loop and checks the
+culprit line, the kind and the fix. The C-code cases run 20 times in a row: the culprit
+must not depend on which thread the OS happens to wake first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+import unstall
+from fixtures import diagnosis
+from fixtures.diagnosis import line_of
+from unstall import Stall
+
+THRESHOLD = 0.05
+FAST = 0.02
+"""The C-code cases block for 50-100 ms: a lower threshold keeps 20 runs quick."""
+RUNS = 20
+
+
+def _watched(
+    make: Callable[[], Awaitable[object]], runner: str = "asyncio", threshold: float = THRESHOLD
+) -> list[Stall]:
+    async def main() -> list[Stall]:
+        async with unstall.watch(threshold=threshold, log=False) as watcher:
+            await make()
+        return watcher.stalls
+
+    if runner == "uvloop":
+        uvloop = pytest.importorskip("uvloop", reason="uvloop is not installed")
+        return uvloop.run(main())  # type: ignore[no-any-return]
+    if runner == "thread":
+        found: list[list[Stall]] = []
+        thread = threading.Thread(target=lambda: found.append(asyncio.run(main())))
+        thread.start()
+        thread.join()
+        return found[0]
+    return asyncio.run(main())
+
+
+def _worst(stalls: list[Stall]) -> Stall:
+    assert stalls, "no stall was reported"
+    return max(stalls, key=lambda s: s.duration_s)
+
+
+def _culprit_line(stall: Stall) -> int | None:
+    culprit = stall.culprit
+    return culprit.line if culprit is not None and culprit.file == diagnosis.HERE else None
+
+
+CASES: dict[str, Callable[[], Awaitable[object]]] = {
+    "c-call": lambda: diagnosis.c_call(2_000_000),
+    "c-operator": lambda: diagnosis.c_operator(60_000_000),
+    "list-operator": lambda: diagnosis.list_operator(1_500_000),
+}
+
+
+@pytest.mark.parametrize("runner", ["asyncio", "thread", "uvloop"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_c_code_after_an_await_is_blamed_on_its_line_every_time(case: str, runner: str) -> None:
+    wrong = []
+    for run in range(RUNS):
+        stall = _worst(_watched(CASES[case], runner, FAST))
+        if _culprit_line(stall) != line_of(case):
+            wrong.append((run, stall.culprit, stall.method))
+        assert stall.fix.action == "to_process", stall.fix
+    assert wrong == [], f"{len(wrong)} of {RUNS} runs blamed another line: {wrong}"
+
+
+def test_a_catastrophic_regex_is_blamed_on_its_line() -> None:
+    stall = _worst(_watched(lambda: diagnosis.regex(22)))
+    assert _culprit_line(stall) == line_of("regex")
+    assert stall.call == "re.Pattern.match"
+    assert stall.fix.action == "to_process"
+    assert "to_process(PATTERN.match" in stall.fix.text
+
+
+def test_json_dumps_of_a_big_object_is_blamed_on_its_line() -> None:
+    payload = [{"n": i, "s": str(i)} for i in range(400_000)]
+    stall = _worst(_watched(lambda: diagnosis.json_dumps(payload)))
+    assert _culprit_line(stall) == line_of("json")
+    assert stall.fix.action == "to_process"
+
+
+def test_hashing_is_sent_to_a_thread_since_it_releases_the_gil() -> None:
+    data = b"x" * 50_000_000
+    stall = _worst(_watched(lambda: diagnosis.hashing(data)))
+    assert _culprit_line(stall) == line_of("hashing")
+    assert stall.fix.action == "to_thread"
+    assert "`await unstall.to_thread(hashlib.sha256, data)`" in stall.fix.text
+
+
+def test_the_sqlite_fix_names_the_call_as_the_line_spells_it() -> None:
+    stall = _worst(_watched(lambda: diagnosis.sqlite(1_500_000)))
+    assert _culprit_line(stall) == line_of("sqlite")
+    assert stall.call == "sqlite3.Connection.execute"
+    assert stall.fix.action == "to_thread"
+    assert "`await unstall.to_thread(db.execute, QUERY, (n,))`" in stall.fix.text
+
+
+def test_a_slow_import_is_its_own_kind_blamed_on_the_import_line(tmp_path: Path) -> None:
+    module = tmp_path / f"{diagnosis.SLOW_MODULE}.py"
+    module.write_text("import time\n\ntime.sleep(0.1)\nTOTAL = sum(range(2_000_000))\n")
+    stall = _worst(_watched(lambda: diagnosis.slow_import(str(tmp_path))))
+    assert stall.kind == "import"
+    assert _culprit_line(stall) == line_of("import")
+    assert stall.call == diagnosis.SLOW_MODULE
+    assert stall.fix.action == "import_early"
+    # The stack is complete: from the program down into the imported module.
+    files = [f.file for f in stall.stack]
+    assert diagnosis.HERE in files
+    assert str(module) in files
+    assert files.index(diagnosis.HERE) < files.index(str(module))
+
+
+@pytest.fixture(scope="module")
+def cycles() -> Iterator[object]:
+    """Long-lived objects in reference cycles: every full collection scans them all."""
+    kept = [diagnosis.Node() for _ in range(600_000)]
+    yield kept
+    del kept
+
+
+def test_an_explicit_gc_collect_is_a_gc_stall_not_cpu_work(cycles: object) -> None:
+    stall = _worst(_watched(diagnosis.explicit_gc))
+    assert stall.kind == "gc"
+    assert _culprit_line(stall) == line_of("explicit-gc")
+    assert stall.gc_s >= 0.5 * stall.duration_s
+    assert 2 in stall.gc_generations
+    assert stall.fix.action == "tune_gc"
+    assert "to_process" not in stall.fix.text
+
+
+def test_an_automatic_collection_is_a_gc_stall_on_the_line_that_triggered_it(
+    cycles: object,
+) -> None:
+    stalls = _watched(lambda: diagnosis.automatic_gc(600_000))
+    gc_stalls = [s for s in stalls if s.kind == "gc"]
+    assert gc_stalls, stalls
+    for stall in gc_stalls:
+        assert _culprit_line(stall) == line_of("automatic-gc")
+        assert stall.fix.action == "tune_gc"
+        assert "gc.freeze()" in stall.fix.text
+        assert stall.gc_s >= 0.5 * stall.duration_s
+
+
+def test_nothing_in_asyncio_or_gc_gets_a_to_process_hint(cycles: object) -> None:
+    async def flood() -> None:
+        await asyncio.gather(*(asyncio.sleep(0) for _ in range(30_000)))
+
+    stalls = _watched(flood) + _watched(diagnosis.explicit_gc)
+    for stall in stalls:
+        if stall.kind == "gc" or (stall.call or "").startswith(("asyncio.", "gc.")):
+            assert stall.fix.action != "to_process", stall
