@@ -94,7 +94,8 @@ def test_parse_marks_stacks_faulthandler_truncated() -> None:
 
 
 def test_c_call_holding_the_gil_is_blamed_on_its_line(sum_n: int) -> None:
-    """The default route: the sampler's first sample after the C call stands for the gap."""
+    """The default route: the first sample after the C call, located from the check point
+    where the loop thread stopped (or the timer signal's handler there), stands for the gap."""
     watcher, (total, c_call) = run_gil_block(sum_n)
     stall = only(watcher)
     # The C call held the GIL long enough to starve the sampler, and longer than the
@@ -106,7 +107,7 @@ def test_c_call_holding_the_gil_is_blamed_on_its_line(sum_n: int) -> None:
     # Not the Python loop that ran after it, where most samples usually land (how many
     # do depends on the machine's load, so that is not asserted).
     assert (stall.culprit.file, stall.culprit.line) == (blocking.HERE, line_of("gil"))
-    assert stall.method == "sampler"
+    assert stall.method in ("checkpoint", "signal")
     assert stall.kind == "cpu"
     assert stall.call == "sum"
 
@@ -170,7 +171,7 @@ def test_someone_elses_timer_is_left_alone(
         os.unlink(path)
     assert faultdump.available()  # cancelled by its owner: ours again
     stall = only(watcher)
-    assert stall.method == "sampler"
+    assert stall.method in ("checkpoint", "signal")
     assert "faulthandler's timer is in use" in caplog.text
     assert sys.modules["faulthandler"].dump_traceback_later is faultdump._arm_wrapper
 

@@ -94,6 +94,8 @@ class LoopProbe:
         self.readings: deque[Reading] = deque(maxlen=8)
         """Taken by the loop thread between iterations when the watchdog asks for one."""
         self._want_reading = False
+        self.read_due = 0.0
+        """Selector loops: when the loop thread next takes a reading by itself."""
         self.lag: list[tuple[float, float]] = []
         self.clock = ThreadClock()
         self._selector: Any = getattr(loop, "_selector", None)
@@ -107,6 +109,8 @@ class LoopProbe:
         """The loop stopped running; the watchdog forgets it once its stalls are out."""
         self.retired_at: float | None = None
         """When the watchdog forgot it (monotonic)."""
+        self.cpu_seen: tuple[float, float] | None = None
+        """The watchdog's last look at the loop thread's CPU seconds: ``(when, cpu)``."""
         self.signalled = False
         """A main-thread loop watched with the timer signal too (:mod:`unstall._watch.interrupt`)."""
 
@@ -183,6 +187,7 @@ class LoopProbe:
         take a reading when asked or after a long-ish one (the reading before the next
         iteration, which may be long too). Loop thread, off the fast path."""
         self.trigger, self._want_reading = self.threshold / 2, False
+        self.read_due = now + self.threshold / 4
         reading = self._read(now)
         if reading is not None:
             self.readings.append(reading)
@@ -212,7 +217,10 @@ class LoopProbe:
                 return original(timeout)
             finally:
                 probe.busy_since = now = monotonic()
-                if probe.trigger < 0:
+                # A reading at the start of the iteration, when asked or due: one is needed
+                # close before any iteration that turns out long (see starvation), and
+                # the loop takes it itself, whether or not the watchdog got to ask.
+                if probe.trigger < 0 or now >= probe.read_due:
                     probe.boundary(now, now)
 
         select.__wrapped__ = original  # type: ignore[attr-defined]

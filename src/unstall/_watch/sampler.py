@@ -9,6 +9,7 @@ running task and the thread's CPU clock (to tell waiting from computing).
 from __future__ import annotations
 
 import asyncio
+import linecache
 import sys
 import types
 from dataclasses import dataclass
@@ -16,9 +17,9 @@ from typing import Any
 
 from unstall._report.records import Frame
 from unstall._util import is_async_code
-from unstall._watch.callname import call_at
-from unstall._watch.context import describe, request_in, snapshot
+from unstall._watch.callname import call_at, callee_from_line, resolve
 from unstall._watch.checkpoint import locate
+from unstall._watch.context import describe, request_in, snapshot
 from unstall._watch.culprit import callback_start, culprit_index, origin
 from unstall._watch.threadclock import ThreadClock
 
@@ -157,15 +158,23 @@ def capture_own(
         return None
     sample = Sample(t, tuple(frames), index, method=method)
     try:
-        # The located frame's own line is not where it is now: no call to read there.
-        if place is None or index < len(chain) - 1 or chain[index] is top:
+        if place is None or index < len(chain) - 1:
             sample.call = call_at(chain[index])
+        else:
+            # The located line, not where the frame is now (it may have moved on while
+            # this thread read source and let it run): named from the line's text.
+            sample.call = _call_on_line(chain[index], place[1])
     except Exception:
         sample.call = None
     loop = loop or asyncio._get_running_loop()
     if loop is not None:
         _describe_running(sample, loop, chain, start)
     return sample
+
+
+def _call_on_line(frame: types.FrameType, line: int) -> str | None:
+    path = callee_from_line(linecache.getline(frame.f_code.co_filename, line))
+    return None if path is None else resolve(tuple(path.split(".")), frame)
 
 
 # A thread blocked in futex is waiting for a lock, a condition... or for the GIL, which the

@@ -35,6 +35,10 @@ _process_time = time.process_time
 SAMPLE_EVERY_S = 0.005
 HANG_EVERY_S = 1.0
 GAP_S = 0.03
+GAP_CPU_RATIO = 0.1
+"""A gap in the watchdog's polls is C code holding the GIL when the loop thread was on a
+CPU for at least this share of it: a few times what an OS-starved thread gets, and well
+under what a computing thread gets on a crowded CPU."""
 GC_SHARE = 0.5
 """A stall is of kind ``gc`` when garbage collection took at least this share of it."""
 
@@ -318,6 +322,7 @@ class Monitor:
             self._merge_witness()
         busy = probe.busy(now)
         track = self._tracks.get(key)
+        computed = self._computed(probe, now) if sample and probe.running else True
         while probe.finished:
             it_key, start, end, after = probe.finished.popleft()
             samples, handoffs = [], 0.0
@@ -355,8 +360,9 @@ class Monitor:
         # samples grow with the log of its duration; weighting by time keeps them fair.
         last = track.samples[-1].t if track.samples else None
         if last is None or now - last >= (now - start) / 200:
-            # The watchdog was kept from running: the thread stopped right after what kept it.
-            gap = now - self._last_poll >= max(self.threshold / 2, GAP_S)
+            # The watchdog was kept from running while the loop thread computed (not while
+            # the OS kept it waiting): it stopped right after the C code that held the GIL.
+            gap = now - self._last_poll >= max(self.threshold / 2, GAP_S) and computed
             gap_from = max(self._last_poll, start) if gap else None
             taken = capture(probe.thread_id, probe.loop, probe.clock, now, gap_from)
             again = probe.busy(_monotonic())
@@ -374,6 +380,16 @@ class Monitor:
             track.hang_at = now
             self._hang(probe, track, now, deliveries)
         return True
+
+    @staticmethod
+    def _computed(probe: LoopProbe, now: float) -> bool:
+        """Whether the loop thread was on a CPU most of the time since the last poll
+        (``True`` when unknown). Keeps this poll's look for the next."""
+        stat = probe.clock.stat()
+        seen, probe.cpu_seen = probe.cpu_seen, None if stat is None else (now, stat[0])
+        if stat is None or seen is None or now <= seen[0]:
+            return True
+        return (stat[0] - seen[1]) / (now - seen[0]) >= GAP_CPU_RATIO
 
     def _meta(self, probe: LoopProbe) -> LoopMeta:
         return LoopMeta(loop=probe.id, thread=probe.thread, thread_id=probe.thread_id)
