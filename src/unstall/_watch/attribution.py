@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import linecache
+import os
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -181,9 +182,19 @@ def _at_import(sample: Sample) -> Sample:
     """
     frames = sample.frames
     outer = next((i for i, f in enumerate(frames) if _is_import(f)), None)
-    if outer is None or outer == 0:
+    if outer is None:
         return sample
-    return replace(sample, culprit=outer - 1, call=None, importing=True)
+    # Above importlib's own frames (``importlib.import_module``, ``_gcd_import``).
+    line = outer - 1
+    while line >= 0 and _in_importlib(frames[line].file):
+        line -= 1
+    if line < 0:
+        return sample
+    return replace(sample, culprit=line, call=None, importing=True)
+
+
+def _in_importlib(path: str) -> bool:
+    return path.startswith("<frozen importlib") or f"{os.sep}importlib{os.sep}" in path
 
 
 def _imported(frame: Frame) -> str | None:

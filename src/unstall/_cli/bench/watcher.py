@@ -150,7 +150,9 @@ async def _watching(mode: str) -> AsyncIterator[None]:
         from pyleak import no_event_loop_blocking
         from pyleak.base import LeakAction
 
-        async with no_event_loop_blocking(action=LeakAction.LOG, threshold=0.1):
+        quiet = logging.getLogger("unstall.bench.pyleak")
+        quiet.disabled = True  # as watch(log=False): what it finds is not printed
+        async with no_event_loop_blocking(action=LeakAction.LOG, logger=quiet, threshold=0.1):
             yield
     elif mode == "aiocop":
         import aiocop
