@@ -8,6 +8,7 @@ must not depend on which thread the OS happens to wake first.
 from __future__ import annotations
 
 import asyncio
+import signal
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -30,7 +31,8 @@ def _watched(
 ) -> list[Stall]:
     async def main() -> list[Stall]:
         async with unstall.watch(threshold=threshold, log=False) as watcher:
-            await make()
+            kept = await make()  # freed after watching: freeing a big list takes a while
+        del kept
         return watcher.stalls
 
     if runner == "uvloop":
@@ -58,7 +60,7 @@ def _culprit_line(stall: Stall) -> int | None:
 CASES: dict[str, Callable[[], Awaitable[object]]] = {
     "c-call": lambda: diagnosis.c_call(2_000_000),
     "c-operator": lambda: diagnosis.c_operator(60_000_000),
-    "list-operator": lambda: diagnosis.list_operator(1_500_000),
+    "list-operator": lambda: diagnosis.list_operator(3_000_000),
 }
 
 
@@ -159,3 +161,53 @@ def test_nothing_in_asyncio_or_gc_gets_a_to_process_hint(cycles: object) -> None
     for stall in stalls:
         if stall.kind == "gc" or (stall.call or "").startswith(("asyncio.", "gc.")):
             assert stall.fix.action != "to_process", stall
+
+
+@pytest.fixture
+def sigalrm_free() -> Iterator[None]:
+    """SIGALRM and the real-time timer unused, as in most programs (pytest-timeout's
+    signal method uses them: its timer is put back after the test)."""
+    handler = signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    timer = signal.setitimer(signal.ITIMER_REAL, 0)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGALRM, handler)
+        if timer[0]:
+            signal.setitimer(signal.ITIMER_REAL, *timer)
+
+
+@pytest.mark.usefixtures("sigalrm_free")
+def test_sigalrm_is_given_back_when_the_watcher_stops() -> None:
+    seen = []
+
+    async def main() -> None:
+        async with unstall.watch(threshold=THRESHOLD, log=False):
+            await asyncio.sleep(0)
+            seen.append(signal.getsignal(signal.SIGALRM))
+
+    asyncio.run(main())
+    assert seen
+    assert seen[0] is not signal.SIG_DFL  # the route was on while watching
+    assert signal.getsignal(signal.SIGALRM) is signal.SIG_DFL
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
+@pytest.mark.usefixtures("sigalrm_free")
+def test_the_timer_signal_alone_names_c_code_on_the_main_thread() -> None:
+    stall = _worst(_watched(CASES["c-operator"], "asyncio", FAST))
+    assert _culprit_line(stall) == line_of("c-operator")
+    assert stall.method in ("signal", "checkpoint")
+
+
+def test_a_programs_own_sigalrm_handler_is_left_alone() -> None:
+    fired = []
+    previous = signal.signal(signal.SIGALRM, lambda *_: fired.append(1))
+    try:
+        stall = _worst(_watched(CASES["c-call"], "asyncio", FAST))
+        assert signal.getsignal(signal.SIGALRM) is not signal.SIG_DFL
+        assert fired == []  # never armed by the watcher
+        # Still attributed, by the watchdog's sample after the gap.
+        assert _culprit_line(stall) == line_of("c-call")
+    finally:
+        signal.signal(signal.SIGALRM, previous)

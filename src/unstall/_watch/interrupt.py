@@ -111,10 +111,18 @@ def block_here() -> None:
 
 
 def detach() -> None:
-    """The main loop stopped: the timer is not needed (the handler stays, harmless)."""
-    global _busy
+    """The main loop stopped: cancel the timer, and give ``SIGALRM`` its default handler
+    back when called in the main thread (elsewhere ours stays, and ignores the signal)."""
+    global _busy, _installed
     _busy = None
     disarm()
+    if (
+        _installed
+        and threading.current_thread() is threading.main_thread()
+        and signal.getsignal(_SIGNAL) is _handler
+    ):
+        signal.signal(_SIGNAL, signal.SIG_DFL)
+        _installed = False
 
 
 def _ours() -> bool:

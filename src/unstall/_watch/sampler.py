@@ -87,15 +87,17 @@ def capture(
     top = sys._current_frames().get(thread_id)
     if top is None:
         return None
+    # First, before anything releases the GIL (reading files does) and lets the thread run.
+    futex = clock.in_futex()
     if gap_from is not None and origin(top.f_code.co_filename) != "unstall":
         place = locate(top)
         if place is not None:
             taken = capture_own(top, gap_from, "checkpoint", place, loop)
             if taken is not None:
                 taken.cpu = clock.read()
+                # Parked at a check, it waits for the GIL the watchdog holds (see starvation).
+                taken.gil = bool(futex)
                 return taken
-    # First, before anything releases the GIL (reading files does) and lets the thread run.
-    futex = clock.in_futex()
     chain: list[types.FrameType] = []
     f: types.FrameType | None = top
     while f is not None:

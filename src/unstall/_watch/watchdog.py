@@ -34,11 +34,12 @@ _monotonic = time.monotonic
 _process_time = time.process_time
 SAMPLE_EVERY_S = 0.005
 HANG_EVERY_S = 1.0
-GAP_S = 0.03
-GAP_CPU_RATIO = 0.1
+GAP_S = 0.01
+GAP_CPU_RATIO = 0.05
 """A gap in the watchdog's polls is C code holding the GIL when the loop thread was on a
-CPU for at least this share of it: a few times what an OS-starved thread gets, and well
-under what a computing thread gets on a crowded CPU."""
+CPU for at least this share of it: more than a low-priority thread kept off its CPU gets,
+and under what a computing thread gets on a crowded machine (a dozen runnable threads
+per CPU)."""
 GC_SHARE = 0.5
 """A stall is of kind ``gc`` when garbage collection took at least this share of it."""
 
