@@ -20,7 +20,7 @@ from unstall._util import is_async_code
 from unstall._watch.callname import call_at, callee_from_line, resolve
 from unstall._watch.checkpoint import locate
 from unstall._watch.context import describe, request_in, snapshot
-from unstall._watch.culprit import callback_start, culprit_index, origin
+from unstall._watch.culprit import callback_start, culprit_index, is_machinery, origin
 from unstall._watch.threadclock import ThreadClock
 
 __all__ = ["Sample", "capture", "capture_own", "frame_record"]
@@ -212,6 +212,10 @@ def _describe_running(
         task = asyncio.current_task(loop)
     except Exception:
         task = None
+    if task is None:
+        # Between two steps (a sample located in the task's suspended coroutine): the
+        # task whose step the running handle made.
+        task = _stepped_task(chain)
     if task is not None:
         sample.root, sample.anchor = id(task), task
         sample.task = task.get_name()
@@ -237,6 +241,17 @@ def _running_handle(chain: list[types.FrameType], start: int) -> object:
             return chain[start - 1].f_locals.get("self")
         except Exception:
             return None
+    return None
+
+
+def _stepped_task(chain: list[types.FrameType]) -> asyncio.Task[Any] | None:
+    for frame in reversed(chain):
+        if frame.f_code.co_name == "_run" and is_machinery(
+            frame.f_code.co_filename, frame.f_code.co_name
+        ):
+            handle = frame.f_locals.get("self")
+            owner = getattr(getattr(handle, "_callback", None), "__self__", None)
+            return owner if isinstance(owner, asyncio.Task) else None
     return None
 
 
