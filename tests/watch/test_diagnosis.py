@@ -58,7 +58,7 @@ def _culprit_line(stall: Stall) -> int | None:
 
 
 CASES: dict[str, Callable[[], Awaitable[object]]] = {
-    "c-call": lambda: diagnosis.c_call(2_000_000),
+    "c-call": lambda: diagnosis.c_call(4_000_000),
     "c-operator": lambda: diagnosis.c_operator(60_000_000),
     "list-operator": lambda: diagnosis.list_operator(3_000_000),
 }
