@@ -27,8 +27,11 @@ JSON format, version 1 (field names are a public contract: add fields, never ren
          "samples": [{"file": "...", "line": 7, "function": "slow_function", "count": 29}],
          "sample_count": 30,
          "ongoing": false,
-         "method": "sampler"}
-      ]
+         "method": "sampler",
+         "pid": 4242, "process": "gunicorn worker 1"}   # only when several processes
+      ],
+      "processes": [{"pid": 4242, "role": "gunicorn worker 1",    # only when several
+                     "started_at": 1764115200.5, "duration_s": 11.0}]
     }
 """
 
@@ -44,7 +47,7 @@ from typing import Any, Literal
 from unstall._exceptions import ReportError
 from unstall._report.format import write_atomic
 
-__all__ = ["Aggregate", "Frame", "LoopInfo", "Report", "Stall", "StallKind"]
+__all__ = ["Aggregate", "Frame", "LoopInfo", "ProcessInfo", "Report", "Stall", "StallKind"]
 
 REPORT_VERSION = 1
 
@@ -130,6 +133,9 @@ class Stall:
             ``span_name`` of its OpenTelemetry span, ``http.method``, ``http.route`` and
             ``http.target`` of its ASGI request, and what ``watch(context=...)`` added.
             Empty when nothing is known.
+        pid: The process the loop ran in, when ``unstall run`` followed several
+            processes (``None`` in reports of one process, and in older reports).
+        process: That process's role, e.g. ``"gunicorn worker 2"``, ``"SpawnProcess-1"``.
     """
 
     start_s: float
@@ -149,6 +155,8 @@ class Stall:
     ongoing: bool = False
     method: str = "sampler"
     context: dict[str, Any] = field(default_factory=dict)
+    pid: int | None = None
+    process: str | None = None
 
     def with_updates(self, **changes: Any) -> Stall:
         """Return a copy with some fields changed."""
@@ -179,7 +187,7 @@ class Stall:
         return culprit.function
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "start_s": round(self.start_s, 6),
             "duration_s": round(self.duration_s, 6),
             "thread": self.thread,
@@ -198,6 +206,8 @@ class Stall:
             "method": self.method,
             "context": dict(self.context),
         }
+        _add_process(data, self.pid, self.process)
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Stall:
@@ -221,6 +231,8 @@ class Stall:
             ongoing=bool(data.get("ongoing", False)),
             method=str(data.get("method", "sampler")),
             context=dict(data.get("context") or {}),
+            pid=_optional_int(data.get("pid")),
+            process=_optional_str(data.get("process")),
         )
 
 
@@ -234,15 +246,20 @@ class LoopInfo:
     kind: str = "asyncio"
     lag: list[tuple[float, float]] = field(default_factory=list)
     """``(t_s, lag_s)`` pairs: seconds after the watcher started, and how late the heartbeat was."""
+    pid: int | None = None
+    process: str | None = None
+    """The process and its role, as for :class:`Stall` (``None`` for one process)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "id": self.id,
             "thread": self.thread,
             "thread_id": self.thread_id,
             "kind": self.kind,
             "lag": [[round(t, 6), round(lag, 6)] for t, lag in self.lag],
         }
+        _add_process(data, self.pid, self.process)
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LoopInfo:
@@ -252,7 +269,62 @@ class LoopInfo:
             thread_id=int(data.get("thread_id", 0)),
             kind=str(data.get("kind", "asyncio")),
             lag=[(float(t), float(v)) for t, v in data.get("lag", ())],
+            pid=_optional_int(data.get("pid")),
+            process=_optional_str(data.get("process")),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessInfo:
+    """One process watched by ``unstall run`` (the program, or a child it started).
+
+    Attributes:
+        pid: Its process id.
+        role: What it is: ``"main"``, ``"gunicorn worker 2"``, ``"SpawnProcess-1"``...
+        started_at: Wall-clock epoch seconds when watching it began.
+        duration_s: How long it was watched; ``None`` when it ended without saying
+            (killed, or ended by ``os._exit``).
+    """
+
+    pid: int
+    role: str
+    started_at: float = 0.0
+    duration_s: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        duration = None if self.duration_s is None else round(self.duration_s, 6)
+        return {
+            "pid": self.pid,
+            "role": self.role,
+            "started_at": self.started_at,
+            "duration_s": duration,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ProcessInfo:
+        duration = data.get("duration_s")
+        return cls(
+            pid=int(data["pid"]),
+            role=str(data.get("role", "?")),
+            started_at=float(data.get("started_at", 0.0)),
+            duration_s=None if duration is None else float(duration),
+        )
+
+
+def _add_process(data: dict[str, Any], pid: int | None, process: str | None) -> None:
+    """The process fields, only when known: reports of one process stay as they were."""
+    if pid is not None:
+        data["pid"] = pid
+    if process is not None:
+        data["process"] = process
+
+
+def _optional_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _optional_str(value: Any) -> str | None:
+    return None if value is None else str(value)
 
 
 @dataclass(slots=True)
@@ -307,6 +379,9 @@ class Report:
     notes: list[str] = field(default_factory=list)
     """Findings besides stalls, one line each (an offload pool that was full)."""
 
+    processes: list[ProcessInfo] = field(default_factory=list)
+    """The processes ``unstall run`` watched, when it followed children (else empty)."""
+
     @property
     def stall_count(self) -> int:
         """Every stall seen: those kept in ``stalls`` and those only counted."""
@@ -314,7 +389,7 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         notes = {"notes": list(self.notes)} if self.notes else {}
-        return {
+        data: dict[str, Any] = {
             "version": REPORT_VERSION,
             "threshold_s": self.threshold_s,
             "started_at": self.started_at,
@@ -326,6 +401,9 @@ class Report:
             "aggregated": [a.to_dict() for a in self.aggregated],
             **notes,
         }
+        if self.processes:
+            data["processes"] = [p.to_dict() for p in self.processes]
+        return data
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)
@@ -355,6 +433,7 @@ class Report:
                 argv=[str(a) for a in data.get("argv", ())],
                 aggregated=[Aggregate.from_dict(a) for a in data.get("aggregated", ())],
                 notes=[str(n) for n in data.get("notes", ())],
+                processes=[ProcessInfo.from_dict(p) for p in data.get("processes", ())],
             )
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise ReportError(f"malformed unstall report: {exc}") from None
