@@ -369,3 +369,18 @@ def test_process_pool_executor_workers_are_followed(tmp_path: Path) -> None:
     assert len(stalls) == 3, proc.stderr
     assert all(s["process"].startswith("SpawnProcess-") for s in stalls)
     assert left_behind(tmp_path) == []
+
+
+def test_a_run_ended_by_os_exit_leaves_a_directory_the_next_run_removes(tmp_path: Path) -> None:
+    script = write(tmp_path / "quits.py", "import os\nos._exit(0)\n")
+    subprocess.run(
+        [PY, "-m", "unstall", "run", script.name],
+        cwd=tmp_path,
+        env=env_for(tmp_path),
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    assert len(left_behind(tmp_path)) >= 1  # os._exit runs no exit code: nothing cleans up
+    run(tmp_path, write(tmp_path / "clean.py", "pass\n").name)
+    assert left_behind(tmp_path) == []

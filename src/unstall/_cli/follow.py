@@ -26,6 +26,7 @@ import contextlib
 import importlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -45,6 +46,7 @@ ENV = "UNSTALL_FOLLOW"
 """Set for the program and its children: the run directory where parts are written."""
 
 _OPTIONS_FILE = "options.json"
+_PREFIX = "unstall-run-"  # then the pid of `unstall run`, so a stale directory is known
 _STOP_S = 5.0
 # multiprocessing's helper processes run no user code: not worth a part.
 _HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
@@ -73,12 +75,33 @@ def begin(options: FollowOptions) -> str:
 
     Returns the run directory; the caller merges the parts found there and removes it.
     """
-    run_dir = tempfile.mkdtemp(prefix="unstall-run-")
+    _remove_stale_run_dirs()
+    run_dir = tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-")
     with open(os.path.join(run_dir, _OPTIONS_FILE), "w", encoding="utf-8") as f:
         json.dump(asdict(options), f)
     os.environ[ENV] = run_dir
     _follow(run_dir, options)
     return run_dir
+
+
+def _remove_stale_run_dirs() -> None:
+    """Run directories of runs that ended by ``os._exit`` or SIGKILL (no exit code ran)."""
+    base = tempfile.gettempdir()
+    with contextlib.suppress(OSError):
+        for name in os.listdir(base):
+            pid = name[len(_PREFIX) :].split("-", 1)[0]
+            if name.startswith(_PREFIX) and pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: alive
+        return True
+    return True
 
 
 def end() -> None:
