@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from unstall._watch.watcher import Watcher
 
 _DEFAULT_THRESHOLD = 0.1
+_FINDINGS_KEY = "unstall"
 _STACK_LINES = 12
 
 
@@ -61,6 +62,8 @@ class _Problem:
     phase: str
     text: str
     error: BaseException | None = None
+    stall: Stall | None = None
+    origin: float = 0.0  # wall-clock start of the watcher that timed the stall
 
 
 @dataclass(slots=True)
@@ -91,10 +94,12 @@ class _Guard:
         watcher.stop()
         threshold = watcher.threshold
         stalls = [s for s in _distinct(watcher.stalls) if s.duration_s >= threshold]
+        seen = watcher.report()
         for stall in stalls:
-            self.problems.append(_Problem(self.phase, _stall_text(stall, self.phase, threshold)))
+            text = _stall_text(stall, self.phase, threshold)
+            self.problems.append(_Problem(self.phase, text, stall=stall, origin=seen.started_at))
         if self.collected is not None:
-            self.collected.add(watcher.report(), stalls)
+            self.collected.add(seen, stalls)
 
     def take(self, phases: tuple[str, ...]) -> list[_Problem]:
         taken = [p for p in self.problems if p.phase in phases]
@@ -273,8 +278,10 @@ def pytest_configure(config: pytest.Config) -> None:
         threshold = _default_threshold(config)
     defaults = _Defaults(watch, threshold or _DEFAULT_THRESHOLD, strict)
     config.stash[_DEFAULTS] = defaults
-    if outputs:
+    if outputs and not hasattr(config, "workerinput"):  # xdist: the controller writes them
         config.stash[_COLLECTED] = _Collected(defaults.threshold, outputs)
+    if not hasattr(config, "workerinput"):  # the controller, or a run without xdist
+        config.pluginmanager.register(_SuiteFindings(config), "unstall-findings")
 
 
 def _outputs(config: pytest.Config) -> list[tuple[Writer, str]]:
@@ -316,6 +323,43 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     collected = terminalreporter.config.stash.get(_COLLECTED, None)
     for message in collected.messages if collected is not None else ():
         terminalreporter.write_line(message)
+
+
+class _SuiteFindings:
+    """The stalls of every test, from this process or from xdist's workers, for the summary."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.root = config.rootpath
+        self.config = config
+        self.found: list[tuple[str, Stall]] = []
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        for name, value in report.user_properties:
+            if name == _FINDINGS_KEY:
+                from unstall._report.findings import read_findings
+
+                found = read_findings(value)
+                self.found += [(report.nodeid, stall) for stall, _ in found]
+                if getattr(report, "node", None) is not None:  # from an xdist worker
+                    self._collect(found)
+
+    def _collect(self, found: list[tuple[Stall, float]]) -> None:
+        """A worker's stalls join the controller's ``--unstall-json/html/trace`` files."""
+        collected = self.config.stash.get(_COLLECTED, None)
+        if collected is None:
+            return
+        from unstall._report.records import Report
+
+        for stall, origin in found:
+            collected.add(Report(collected.threshold, started_at=origin), [stall])
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        if self.found:
+            from unstall._report.findings import summary_lines
+
+            terminalreporter.write_sep("=", "unstall summary")
+            for line in summary_lines(self.found, str(self.root)):
+                terminalreporter.write_line(line)
 
 
 # --- per test ----------------------------------------------------------------------------
@@ -422,6 +466,11 @@ def pytest_runtest_makereport(
 
 
 def _attach(report: pytest.TestReport, problems: list[_Problem]) -> None:
+    stalls = [(p.stall, p.origin) for p in problems if p.stall is not None]
+    if stalls:  # the findings travel with the report: from an xdist worker to the controller
+        from unstall._report.findings import worker_findings
+
+        report.user_properties.append((_FINDINGS_KEY, worker_findings(stalls)))
     text = "\n\n".join(p.text for p in problems)
     if report.passed:
         report.outcome = "failed"

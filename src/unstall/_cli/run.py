@@ -27,8 +27,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TextIO, TypeVar
 
+from unstall._cli import follow as _follow
 from unstall._cli.launch import LaunchError, Outcome, execute, is_launch_frame, prepare
 from unstall._report.format import should_color
+from unstall._report.parts import merge, read_parts, remove_run_dir
 from unstall._report.records import Report, Stall
 from unstall._report.summary import render_hang_line, render_summary
 from unstall._report.writers import WRITERS, Writer
@@ -37,7 +39,7 @@ __all__ = ["main"]
 
 USAGE = (
     "usage: unstall run [--threshold S] [--json FILE] [--html FILE] [--trace FILE] "
-    "[--quiet] [--strict] [--anyio] (script.py | -m module) [args...]"
+    "[--quiet] [--strict] [--anyio] [--no-follow] (script.py | -m module) [args...]"
 )
 
 _HELP = f"""{USAGE}
@@ -54,6 +56,9 @@ options (before the script or -m; everything after belongs to the program):
   --strict        also warn about known blocking calls made on the loop
   --anyio         run anyio.to_thread.run_sync (FastAPI and Starlette `def` endpoints,
                   sync dependencies, background tasks) on unstall's threads
+  --no-follow     watch this process only, not the Python processes it starts
+                  (by default forked and spawned children and Python subprocesses are
+                  watched too, and their stalls are merged into one report)
   -m MODULE       run a module, like `python -m MODULE`
   -h, --help      show this help
 
@@ -76,6 +81,7 @@ class Options:
     quiet: bool = False
     strict: bool = False
     anyio: bool = False
+    follow: bool = True
     module: str | None = None
     script: str | None = None
     args: list[str] = field(default_factory=list)
@@ -88,7 +94,13 @@ class Options:
 
 # Every report writer is an option of its own name (--json, --html, --trace).
 _VALUED = {"--threshold": "threshold", **{w.option: w.name for w in WRITERS.values()}}
-_FLAGS = {"--quiet": "quiet", "-q": "quiet", "--strict": "strict", "--anyio": "anyio"}
+_FLAGS = {
+    "--quiet": "quiet",
+    "-q": "quiet",
+    "--strict": "strict",
+    "--anyio": "anyio",
+    "--no-follow": "follow",
+}
 
 
 def parse_args(argv: list[str]) -> Options | None:
@@ -113,7 +125,7 @@ def parse_args(argv: list[str]) -> Options | None:
                 raise UsageError(f"option {name} needs a value")
             setattr(opts, _VALUED[name], _threshold(value) if name == "--threshold" else value)
         elif arg in _FLAGS:
-            setattr(opts, _FLAGS[arg], True)
+            setattr(opts, _FLAGS[arg], arg != "--no-follow")
         elif arg.startswith("-m"):  # "-m mod" or "-mmod", as python accepts
             module = arg[2:] or (argv[i + 1] if i + 1 < len(argv) else "")
             if not module:
@@ -158,6 +170,7 @@ class Session:
         self._color = False
         self._uninstall_strict: Callable[[], None] | None = None
         self._json = WRITERS["json"]
+        self._run_dir: str | None = None
         self._started_at, self._started_mono = time.time(), time.monotonic()
         for writer, path in opts.outputs():
             _check_writable(path, writer.option)
@@ -187,7 +200,15 @@ class Session:
                 raise UsageError(
                     f"cannot write --json {opts.json!r}: {exc.strerror or exc}"
                 ) from None
+        if opts.json:
             threading.Thread(target=self._json_loop, name="unstall-run-json", daemon=True).start()
+
+    def follow_children(self) -> None:
+        """Watch the Python processes the program starts too (``main`` calls it last)."""
+        opts = self.opts
+        self._run_dir = _follow.begin(
+            _follow.FollowOptions(opts.threshold, opts.quiet, opts.strict, self._color)
+        )
 
     # callbacks, called by the watcher from its own thread (or the loop's) -----------------
 
@@ -222,7 +243,13 @@ class Session:
             ongoing = list(self._ongoing.values())
         report.stalls += [o for o in ongoing if not any(_same(o, s) for s in report.stalls)]
         report.stalls = sorted((_without_runner(s) for s in report.stalls), key=lambda s: s.start_s)
-        return report
+        return self._merged(report)
+
+    def _merged(self, report: Report) -> Report:
+        """With the children's parts, when following them (else as it is)."""
+        if self._run_dir is None:
+            return report
+        return merge(report, read_parts(self._run_dir), os.getpid(), "main")
 
     def _write_json(self, report: Report | None = None) -> None:
         assert self.opts.json is not None
@@ -240,8 +267,13 @@ class Session:
             self._write_lock.release()
 
     def _json_loop(self) -> None:
+        sizes: dict[str, int] = {}
         while not self._done:
-            if self._dirty.wait(1.0) and not self._done:
+            dirty = self._dirty.wait(1.0)
+            if self._run_dir is not None:  # a child's new stall is written by the child
+                sizes, before = _part_sizes(self._run_dir), sizes
+                dirty = dirty or sizes != before
+            if dirty and not self._done:
                 started = time.monotonic()
                 self._write_json()
                 # a big report rewritten often would tax the program: stay under ~5% of a core
@@ -258,6 +290,9 @@ class Session:
         if self._uninstall_strict is not None:
             _call_quietly(self._uninstall_strict, "uninstall strict mode")
         report = self._final_report()
+        if self._run_dir is not None:
+            _follow.end()
+            remove_run_dir(self._run_dir)  # merged into the report: leave no file behind
         _say(render_summary(report, color=self._color))
         if self.opts.json:
             self._write_json(report)
@@ -277,7 +312,18 @@ class Session:
             _say(f"unstall run: stopping the watcher failed ({exc!r}); partial report")
         with self._lock:
             stalls = [*self.watcher.stalls, *self._ongoing.values()]
-        return Report(self.opts.threshold, stalls=stalls, argv=list(self.argv))
+        partial = Report(self.opts.threshold, stalls=stalls, argv=list(self.argv))
+        partial.started_at = self._started_at
+        return self._merged(partial)
+
+
+def _part_sizes(run_dir: str) -> dict[str, int]:
+    sizes = {}
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(run_dir):
+            with contextlib.suppress(OSError):
+                sizes[entry.name] = entry.stat().st_size
+    return sizes
 
 
 T = TypeVar("T")
@@ -438,5 +484,10 @@ def main(argv: list[str]) -> int:
         return 2
     outcome: list[Outcome] = []
     atexit.register(_finish, session, os.getpid(), outcome)
+    if opts.follow:
+        try:
+            session.follow_children()
+        except OSError as exc:
+            _say(f"unstall run: cannot follow child processes ({exc}); watching this one only")
     outcome.append(execute(program, opts.args))
     return outcome[0].status

@@ -15,6 +15,7 @@ import os
 import pickle
 import signal
 import struct
+import sys
 import traceback
 from typing import Any
 
@@ -131,6 +132,11 @@ def entry(conn: Any, init: bytes | None = None) -> None:
 
     ``init``: the pickled ``(initializer, initargs)`` to run first, if any.
     """
+    # Under `unstall run`, which follows child processes: this worker runs no loop,
+    # so it is not watched (looked up, not imported: nothing to do when not following).
+    follow = sys.modules.get("unstall._cli.follow")
+    if follow is not None:
+        follow.leave()
     fd = conn.fileno()
     try:
         main(fd, init)

@@ -99,12 +99,21 @@ def _downsample(points: Sequence[tuple[float, float]], limit: int) -> list[list[
 def _lanes(report: Report) -> list[LoopInfo]:
     """The report's loops, plus one for any loop that only appears in a stall."""
     lanes = sorted(report.loops, key=lambda loop: loop.thread != "MainThread")
-    known = {loop.id for loop in lanes}
+    known = {(loop.pid, loop.id) for loop in lanes}
     for stall in report.stalls:
-        if stall.loop not in known:
-            known.add(stall.loop)
-            lanes.append(LoopInfo(stall.loop, stall.thread, stall.thread_id, "unknown"))
+        if (stall.pid, stall.loop) not in known:
+            known.add((stall.pid, stall.loop))
+            lane = LoopInfo(stall.loop, stall.thread, stall.thread_id, "unknown")
+            lane.pid, lane.process = stall.pid, stall.process
+            lanes.append(lane)
     return lanes
+
+
+def _lane_title(loop: LoopInfo) -> str:
+    """The thread's name; with the process, when the report followed several."""
+    if loop.pid is None:
+        return loop.thread
+    return f"{loop.thread} · {loop.process or 'process'} (pid {loop.pid})"
 
 
 def _frame(frame: Frame | None) -> dict[str, Any] | None:
@@ -149,7 +158,8 @@ def _stall(
 def _payload(report: Report) -> dict[str, Any]:
     _short.cache_clear()  # the current directory or home may have changed since the last page
     lanes = _lanes(report)
-    lane_of = {loop.id: i for i, loop in enumerate(lanes)}
+    # a forked child's loop may have its parent's id: lanes are per process
+    lane_of = {(loop.pid, loop.id): i for i, loop in enumerate(lanes)}
     groups = group_by_culprit(report.stalls)
     group_of = {id(s): g for g, (_, members) in enumerate(groups) for s in members}
     index_of = {id(s): i for i, s in enumerate(report.stalls)}
@@ -157,7 +167,8 @@ def _payload(report: Report) -> dict[str, Any]:
     ends += [t for loop in lanes for t, _ in loop.lag[-1:]]
     frames: dict[Frame, int] = {}
     stalls = [
-        _stall(s, i, lane_of[s.loop], group_of[id(s)], frames) for i, s in enumerate(report.stalls)
+        _stall(s, i, lane_of[(s.pid, s.loop)], group_of[id(s)], frames)
+        for i, s in enumerate(report.stalls)
     ]
     return {
         "meta": {
@@ -170,7 +181,7 @@ def _payload(report: Report) -> dict[str, Any]:
         "lanes": [
             {
                 "id": loop.id,
-                "thread": loop.thread,
+                "thread": _lane_title(loop),
                 "thread_id": loop.thread_id,
                 "kind": loop.kind,
                 "lag": _downsample(loop.lag, MAX_LAG_POINTS),

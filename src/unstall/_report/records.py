@@ -32,8 +32,11 @@ JSON format, version 1 (field names are a public contract: add fields, never ren
          "samples": [{"file": "...", "line": 7, "function": "slow_function", "count": 29}],
          "sample_count": 30,
          "ongoing": false,
-         "method": "sampler"}
-      ]
+         "method": "sampler",
+         "pid": 4242, "process": "gunicorn worker 1"}   # only when several processes
+      ],
+      "processes": [{"pid": 4242, "role": "gunicorn worker 1",    # only when several
+                     "started_at": 1764115200.5, "duration_s": 11.0}]
     }
 """
 
@@ -50,7 +53,7 @@ from unstall._exceptions import ReportError
 from unstall._report.fixes import Fix, decide
 from unstall._report.format import write_atomic
 
-__all__ = ["Aggregate", "Frame", "LoopInfo", "Report", "Stall", "StallKind"]
+__all__ = ["Aggregate", "Frame", "LoopInfo", "ProcessInfo", "Report", "Stall", "StallKind"]
 
 REPORT_VERSION = 1
 
@@ -144,6 +147,9 @@ class Stall:
             ``span_name`` of its OpenTelemetry span, ``http.method``, ``http.route`` and
             ``http.target`` of its ASGI request, and what ``watch(context=...)`` added.
             Empty when nothing is known.
+        pid: The process the loop ran in, when ``unstall run`` followed several
+            processes (``None`` in reports of one process, and in older reports).
+        process: That process's role, e.g. ``"gunicorn worker 2"``, ``"SpawnProcess-1"``.
     """
 
     start_s: float
@@ -172,6 +178,9 @@ class Stall:
         if getattr(self, "fix", None) is None:
             object.__setattr__(self, "fix", decide(self))
 
+    pid: int | None = None
+    process: str | None = None
+
     def with_updates(self, **changes: Any) -> Stall:
         """Return a copy with some fields changed (the fix decided again unless given)."""
         changes.setdefault("fix", None)
@@ -183,7 +192,7 @@ class Stall:
         return self.fix.text
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "start_s": round(self.start_s, 6),
             "duration_s": round(self.duration_s, 6),
             "thread": self.thread,
@@ -206,6 +215,8 @@ class Stall:
             "gc_collected": self.gc_collected,
             "fix": self.fix.to_dict(),
         }
+        _add_process(data, self.pid, self.process)
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Stall:
@@ -234,6 +245,8 @@ class Stall:
             gc_generations=tuple(int(g) for g in data.get("gc_generations", ())),
             gc_collected=int(data.get("gc_collected", 0)),
             fix=None if fix is None else Fix.from_dict(fix),  # type: ignore[arg-type]
+            pid=_optional_int(data.get("pid")),
+            process=_optional_str(data.get("process")),
         )
 
 
@@ -247,15 +260,20 @@ class LoopInfo:
     kind: str = "asyncio"
     lag: list[tuple[float, float]] = field(default_factory=list)
     """``(t_s, lag_s)`` pairs: seconds after the watcher started, and how late the heartbeat was."""
+    pid: int | None = None
+    process: str | None = None
+    """The process and its role, as for :class:`Stall` (``None`` for one process)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "id": self.id,
             "thread": self.thread,
             "thread_id": self.thread_id,
             "kind": self.kind,
             "lag": [[round(t, 6), round(lag, 6)] for t, lag in self.lag],
         }
+        _add_process(data, self.pid, self.process)
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LoopInfo:
@@ -265,7 +283,62 @@ class LoopInfo:
             thread_id=int(data.get("thread_id", 0)),
             kind=str(data.get("kind", "asyncio")),
             lag=[(float(t), float(v)) for t, v in data.get("lag", ())],
+            pid=_optional_int(data.get("pid")),
+            process=_optional_str(data.get("process")),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessInfo:
+    """One process watched by ``unstall run`` (the program, or a child it started).
+
+    Attributes:
+        pid: Its process id.
+        role: What it is: ``"main"``, ``"gunicorn worker 2"``, ``"SpawnProcess-1"``...
+        started_at: Wall-clock epoch seconds when watching it began.
+        duration_s: How long it was watched; ``None`` when it ended without saying
+            (killed, or ended by ``os._exit``).
+    """
+
+    pid: int
+    role: str
+    started_at: float = 0.0
+    duration_s: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        duration = None if self.duration_s is None else round(self.duration_s, 6)
+        return {
+            "pid": self.pid,
+            "role": self.role,
+            "started_at": self.started_at,
+            "duration_s": duration,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ProcessInfo:
+        duration = data.get("duration_s")
+        return cls(
+            pid=int(data["pid"]),
+            role=str(data.get("role", "?")),
+            started_at=float(data.get("started_at", 0.0)),
+            duration_s=None if duration is None else float(duration),
+        )
+
+
+def _add_process(data: dict[str, Any], pid: int | None, process: str | None) -> None:
+    """The process fields, only when known: reports of one process stay as they were."""
+    if pid is not None:
+        data["pid"] = pid
+    if process is not None:
+        data["process"] = process
+
+
+def _optional_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _optional_str(value: Any) -> str | None:
+    return None if value is None else str(value)
 
 
 @dataclass(slots=True)
@@ -320,6 +393,9 @@ class Report:
     notes: list[str] = field(default_factory=list)
     """Findings besides stalls, one line each (an offload pool that was full)."""
 
+    processes: list[ProcessInfo] = field(default_factory=list)
+    """The processes ``unstall run`` watched, when it followed children (else empty)."""
+
     @property
     def stall_count(self) -> int:
         """Every stall seen: those kept in ``stalls`` and those only counted."""
@@ -327,7 +403,7 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         notes = {"notes": list(self.notes)} if self.notes else {}
-        return {
+        data: dict[str, Any] = {
             "version": REPORT_VERSION,
             "threshold_s": self.threshold_s,
             "started_at": self.started_at,
@@ -339,6 +415,9 @@ class Report:
             "aggregated": [a.to_dict() for a in self.aggregated],
             **notes,
         }
+        if self.processes:
+            data["processes"] = [p.to_dict() for p in self.processes]
+        return data
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)
@@ -368,6 +447,7 @@ class Report:
                 argv=[str(a) for a in data.get("argv", ())],
                 aggregated=[Aggregate.from_dict(a) for a in data.get("aggregated", ())],
                 notes=[str(n) for n in data.get("notes", ())],
+                processes=[ProcessInfo.from_dict(p) for p in data.get("processes", ())],
             )
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise ReportError(f"malformed unstall report: {exc}") from None

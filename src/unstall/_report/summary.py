@@ -89,6 +89,8 @@ def _context(group: Sequence[Stall]) -> str:
     elif any(s.callback for s in group):
         parts.append(f"callback: {_some([s.callback for s in group], 1)}")
     parts.append(f"thread: {_some([s.thread for s in group])}")
+    if any(s.pid is not None for s in group):
+        parts.append(f"process: {_some([_process(s) for s in group])}")
     return "   ".join(parts)
 
 
@@ -111,6 +113,18 @@ def _route(stall: Stall) -> str | None:
     return f"{stall.context.get('http.method', '')} {route}".strip()
 
 
+def _process(stall: Stall) -> str | None:
+    if stall.pid is None:
+        return None
+    return f"{stall.process} (pid {stall.pid})" if stall.process else f"pid {stall.pid}"
+
+
+def _processes(report: Report) -> str:
+    """``, 3 processes`` when ``unstall run`` followed children; empty otherwise."""
+    count = len(report.processes)
+    return f", {count} processes" if count > 1 else ""
+
+
 def _clip(text: str, room: int) -> str:
     return text if len(text) <= room else text[: max(room - 3, 1)] + "..."
 
@@ -121,14 +135,14 @@ def _headline(report: Report, paint: _Painter) -> str:
     times = "once" if len(stalls) == 1 else f"{len(stalls)} times"
     return (
         paint(f"unstall: the event loop stalled {times}, {format_duration(total)} in total", "bold")
-        + f" (watched {format_duration(report.duration_s)},"
+        + f" (watched {format_duration(report.duration_s)}{_processes(report)},"
         + f" threshold {format_duration(report.threshold_s)})"
     )
 
 
 def _quiet_line(report: Report) -> str:
     loops = len(report.loops)
-    watched = f"watched {format_duration(report.duration_s)}"
+    watched = f"watched {format_duration(report.duration_s)}{_processes(report)}"
     if not loops:
         return f"unstall: no asyncio event loop ran, so nothing stalled ({watched})."
     watched += f", {loops} loop{'s' if loops != 1 else ''}"

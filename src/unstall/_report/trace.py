@@ -10,6 +10,10 @@ Python thread idents (``threading.get_ident()``, e.g. 140245871261504) do not fi
 32 bits Perfetto keeps for a ``tid``: it merges such threads into one track
 (google/perfetto#522, #886). So each thread gets a small ``tid`` (1, 2, ... in lane
 order, never 0) and its ident is kept in the stall's ``args["thread_id"]``.
+
+A report of several processes (``unstall run`` following children) puts each process in
+its own Perfetto process, named by its role, with its real pid; a thread is then known by
+its pid and ident (a forked child's main thread has its parent's ident).
 """
 
 from __future__ import annotations
@@ -19,12 +23,12 @@ import os
 from typing import Any
 
 from unstall._report.format import write_atomic
-from unstall._report.records import Report, Stall
+from unstall._report.records import LoopInfo, Report, Stall
 
 __all__ = ["render_trace", "stall_name", "write_trace"]
 
 PID = 1
-"""Every event belongs to one process: the watched program."""
+"""The process of a report that names none: the watched program."""
 
 
 def _us(seconds: float) -> float:
@@ -39,20 +43,26 @@ def stall_name(stall: Stall) -> str:
     return f"{c.function} ({os.path.basename(c.file)}:{c.line})"
 
 
-Tids = dict[int, tuple[int, str]]
+Thread = tuple[int, int]
+"""(trace pid, thread ident)."""
+Tids = dict[Thread, tuple[int, str]]
+
+
+def _thread(item: Stall | LoopInfo) -> Thread:
+    return (PID if item.pid is None else item.pid, item.thread_id)
 
 
 def _tids(report: Report) -> Tids:
-    """Thread ident -> (small tid, track name), the main thread first."""
-    names: dict[int, str] = {}
+    """(pid, thread ident) -> (small tid, track name), the main thread first."""
+    names: dict[Thread, str] = {}
     for loop in sorted(report.loops, key=lambda lp: lp.thread != "MainThread"):
-        names.setdefault(loop.thread_id, f"{loop.thread} ({loop.kind} loop)")
+        names.setdefault(_thread(loop), f"{loop.thread} ({loop.kind} loop)")
     for stall in report.stalls:
-        names.setdefault(stall.thread_id, stall.thread)
-    return {ident: (i, name) for i, (ident, name) in enumerate(names.items(), start=1)}
+        names.setdefault(_thread(stall), stall.thread)
+    return {key: (i, name) for i, (key, name) in enumerate(names.items(), start=1)}
 
 
-def _stall_event(stall: Stall, tid: int) -> dict[str, Any]:
+def _stall_event(stall: Stall, tids: Tids) -> dict[str, Any]:
     culprit = stall.culprit
     args: dict[str, Any] = {
         "culprit": None if culprit is None else culprit.location,
@@ -77,32 +87,36 @@ def _stall_event(stall: Stall, tid: int) -> dict[str, Any]:
         "ph": "X",
         "ts": _us(stall.start_s),
         "dur": _us(stall.duration_s),
-        "pid": PID,
-        "tid": tid,
+        "pid": _thread(stall)[0],
+        "tid": tids[_thread(stall)][0],
         "args": args,
     }
 
 
-def _metadata(report: Report, tids: Tids) -> list[dict[str, Any]]:
+def _process_names(report: Report, tids: Tids) -> dict[int, str]:
     program = " ".join(report.argv) or "python"
-    events: list[dict[str, Any]] = [
-        {
-            "name": "process_name",
-            "ph": "M",
-            "pid": PID,
-            "tid": 0,
-            "args": {"name": f"unstall: {program}"},
-        }
-    ]
-    for tid, name in tids.values():
+    names = {pid: f"unstall: {program}" for pid, _ in tids} or {PID: f"unstall: {program}"}
+    for process in report.processes:
+        role = f"unstall: {program}" if process.role == "main" else process.role
+        names[process.pid] = f"{role} (pid {process.pid})"
+    return names
+
+
+def _metadata(report: Report, tids: Tids) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = []
+    for pid, name in _process_names(report, tids).items():
         events.append(
-            {"name": "thread_name", "ph": "M", "pid": PID, "tid": tid, "args": {"name": name}}
+            {"name": "process_name", "ph": "M", "pid": pid, "tid": 0, "args": {"name": name}}
+        )
+    for (pid, _), (tid, name) in tids.items():
+        events.append(
+            {"name": "thread_name", "ph": "M", "pid": pid, "tid": tid, "args": {"name": name}}
         )
         events.append(
             {
                 "name": "thread_sort_index",
                 "ph": "M",
-                "pid": PID,
+                "pid": pid,
                 "tid": tid,
                 "args": {"sort_index": tid},
             }
@@ -120,8 +134,8 @@ def _lag_events(report: Report, tids: Tids) -> list[dict[str, Any]]:
                     "name": name,
                     "ph": "C",
                     "ts": _us(t),
-                    "pid": PID,
-                    "tid": tids[loop.thread_id][0],
+                    "pid": _thread(loop)[0],
+                    "tid": tids[_thread(loop)][0],
                     "args": {"lag_ms": round(lag * 1000, 3)},
                 }
             )
@@ -132,7 +146,7 @@ def render_trace(report: Report) -> dict[str, Any]:
     """Build the trace as a JSON-ready dict (see the module docstring for its layout)."""
     tids = _tids(report)
     events = _metadata(report, tids) + _lag_events(report, tids)
-    events += [_stall_event(s, tids[s.thread_id][0]) for s in report.stalls]
+    events += [_stall_event(s, tids) for s in report.stalls]
     return {
         "traceEvents": events,
         "displayTimeUnit": "ms",

@@ -41,7 +41,7 @@ from unstall._watch.callname import callee_from_line
 from unstall._watch.culprit import callback_start, culprit_index
 from unstall._watch.sampler import Sample
 
-__all__ = ["Dump", "available", "disarm", "enable", "parse", "tick"]
+__all__ = ["Dump", "available", "disarm", "enable", "forget_after_fork", "parse", "tick"]
 
 _log = logging.getLogger("unstall")
 _THREAD_RE = re.compile(r"^(?:Current thread|Thread) (0x[0-9a-fA-F]+)")
@@ -212,6 +212,12 @@ def _disable(reason: str) -> None:
     global _enabled
     _enabled = False
     _log.warning("unstall: %s; stalls in C code are attributed by the sampler only", reason)
+
+
+def forget_after_fork() -> None:
+    """In a forked child: the timer and its file belong to the parent; start afresh."""
+    global _armed_at, _fd
+    _armed_at, _fd = None, None
 
 
 def disarm() -> None:

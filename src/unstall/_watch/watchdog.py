@@ -78,6 +78,8 @@ class Subscription:
 
     paused: bool = False
     """While true, nothing is handed to this subscription (``Watcher.pause``)."""
+    on_loop: Callable[[LoopInfo], None] | None = None
+    """Told of each loop the first time it starts running (in that loop's thread)."""
 
     def wants(self, loop: asyncio.AbstractEventLoop) -> bool:
         return not self.paused and (self.loop is None or self.loop is loop)
@@ -151,6 +153,27 @@ class Monitor:
         if thread is not None:
             faultdump.disarm()
 
+    def forget_after_fork(self) -> None:
+        """In a forked child: drop the parent's watchers, loops and watchdog thread.
+
+        Only the forking thread exists in the child, so the watchdog thread is gone and a
+        lock it held stays held; everything is made anew. Watchers the parent had do not
+        watch the child (``unstall run`` starts a new one there).
+        """
+        self._lock = threading.RLock()
+        for probe in self._probes.values():
+            with contextlib.suppress(Exception):
+                probe.unwrap()
+        self._watchers = []
+        self._probes = {}
+        self._retired.clear()
+        self._tracks = {}
+        self._thread = None
+        self._stop_event = threading.Event()
+        self._polls.clear()
+        loop_hooks.set_listener(None)
+        faultdump.forget_after_fork()
+
     def _retune(self) -> None:
         if self._watchers:
             self.threshold = min(w.threshold for w in self._watchers)
@@ -179,12 +202,16 @@ class Monitor:
             return
         with self._lock:
             probe = self._probes.get(id(loop))
-            if probe is not None and probe.loop is loop:
-                probe.stop_running()
-                probe.retiring = True
-                gcwatch.watch_thread(probe.thread_id, None)
-                if probe.signalled:
-                    interrupt.detach()
+            if probe is None or probe.loop is not loop:
+                return
+            probe.stop_running()
+            probe.retiring = True
+            gcwatch.watch_thread(probe.thread_id, None)
+            if probe.signalled:
+                interrupt.detach()
+        # Deliver its stalls now, in the loop's thread: when asyncio.run() returns they are
+        # reported (a process ended right after, e.g. a pool worker, loses none).
+        self.flush()
 
     def _start_probe(self, loop: asyncio.AbstractEventLoop, mid_iteration: bool) -> None:
         with self._lock:
@@ -193,6 +220,7 @@ class Monitor:
             probe = self._probes.get(id(loop))
             if probe is None or probe.loop is not loop:
                 probe = self._probes[id(loop)] = LoopProbe(loop, self.threshold)
+                self._announce(probe)
             probe.retiring = False
             probe.start(mid_iteration)
             gcwatch.watch_thread(probe.thread_id, self.threshold / 4)
@@ -200,6 +228,14 @@ class Monitor:
             # Arm the faulthandler timer now: the loop may enter C code holding the GIL
             # before the watchdog thread runs again.
             self._merge_dumps(faultdump.tick(_monotonic(), True, self.threshold))
+
+    def _announce(self, probe: LoopProbe) -> None:
+        for watcher in self._watchers:
+            if watcher.on_loop is not None and watcher.wants(probe.loop):
+                try:
+                    watcher.on_loop(probe.info(watcher.origin))
+                except Exception:  # a listener's bug must not stop the loop starting
+                    _log.exception("unstall: on_loop listener failed")
 
     def _detach(self, probe: LoopProbe) -> None:
         probe.unwrap()

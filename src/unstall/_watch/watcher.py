@@ -58,6 +58,7 @@ class Watcher:
         context: tuple[_context.ContextProvider, ...] = (),
         max_records: int = 10_000,
         max_log_per_minute: int = LIMIT,
+        on_loop: Callable[[LoopInfo], None] | None = None,
     ) -> None:
         self.loop = loop
         self.threshold = threshold
@@ -78,6 +79,7 @@ class Watcher:
         self._subscription = Subscription(
             loop, threshold, self._t0, self._take_stall, self._take_starved, self._take_hang
         )
+        self._subscription.on_loop = on_loop  # unstall run's children record their loops
 
     def _start(self) -> Watcher:
         _context.register(self._providers)

@@ -22,6 +22,7 @@ SECTIONS: dict[str, str] = {
     "watcher": "unstall._cli.bench.watcher",
     "process": "unstall._cli.bench.process",
     "frameworks": "unstall._cli.bench.frameworks",
+    "startup": "unstall._cli.bench.startup",
 }
 # Run only when named: they need more than Python (frameworks: wrk, fastapi, uvicorn).
 ON_REQUEST = frozenset({"frameworks"})
