@@ -174,12 +174,12 @@ class Stall:
     gc_collected: int = 0
     fix: Fix = None  # type: ignore[assignment]  # set from the catalogue when not given
 
+    pid: int | None = None
+    process: str | None = None
+
     def __post_init__(self) -> None:
         if getattr(self, "fix", None) is None:
             object.__setattr__(self, "fix", decide(self))
-
-    pid: int | None = None
-    process: str | None = None
 
     def with_updates(self, **changes: Any) -> Stall:
         """Return a copy with some fields changed (the fix decided again unless given)."""
