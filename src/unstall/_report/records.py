@@ -173,7 +173,6 @@ class Stall:
     gc_generations: tuple[int, ...] = ()
     gc_collected: int = 0
     fix: Fix = None  # type: ignore[assignment]  # set from the catalogue when not given
-
     pid: int | None = None
     process: str | None = None
 
