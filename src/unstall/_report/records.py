@@ -163,6 +163,14 @@ class Stall:
         function is the better advice than offloading the innermost call inside it.
         """
         what = self._offload_candidate()
+        if what.startswith("asyncio."):
+            # asyncio's own machinery is never the thing to offload: its callers do too much
+            # of it in one step (or the loop runs in debug mode, where it costs far more).
+            return (
+                f"asyncio's own work (`{what}`) took this long in one step: do less of it "
+                "at once (fewer tasks or callbacks per step); in debug mode (PYTHONASYNCIODEBUG, "
+                "unittest's IsolatedAsyncioTestCase) it costs many times more"
+            )
         if self.kind == "cpu":
             return f"CPU work: run it in a process with `await unstall.to_process({what}, ...)`"
         return f"blocking wait: run it in a thread with `await unstall.to_thread({what}, ...)`"
