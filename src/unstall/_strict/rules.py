@@ -72,14 +72,6 @@ def _blocking_socket(args: Args, kwargs: Kwargs) -> bool:
         return False
 
 
-def _same_file(fd: int, other: int) -> bool:
-    try:
-        a, b = os.fstat(fd), os.fstat(other)
-    except OSError:
-        return False
-    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
-
-
 def _is_console(fd: int) -> bool:
     """Whether ``fd`` is a console stream, whatever ``sys.stdout`` currently is.
 
@@ -96,11 +88,17 @@ def _is_console(fd: int) -> bool:
             if stream is not None and stream.fileno() == fd:
                 return True
     try:
-        if stat.S_ISCHR(os.fstat(fd).st_mode):
-            return True
+        st = os.fstat(fd)
     except OSError:
         return False
-    return _same_file(fd, 1) or _same_file(fd, 2)
+    if stat.S_ISCHR(st.st_mode):
+        return True
+    for std in (1, 2):
+        with contextlib.suppress(OSError):
+            other = os.fstat(std)
+            if (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
+                return True
+    return False
 
 
 def _fd_blocks(fd: Any, *, writing: bool) -> bool:
