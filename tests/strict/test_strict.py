@@ -752,7 +752,7 @@ def test_a_stream_on_the_same_file_as_stderr_is_console_even_after_sys_stderr_is
 ) -> None:
     # What pytest's fd capture and click's CliRunner do together: descriptor 2 points to a
     # capture file, a handler holds a stream on that file, then sys.stderr is swapped.
-    capture = open(tmp_path / "capture", "w+")  # noqa: SIM115 - closed below
+    capture = open(tmp_path / "capture", "w+")  # closed below
     saved_fd = os.dup(2)
     os.dup2(capture.fileno(), 2)
     saved = sys.stderr
@@ -775,7 +775,7 @@ def test_a_stream_on_the_same_file_as_stderr_is_console_even_after_sys_stderr_is
 def test_a_file_is_reported_once_its_write_not_again_at_the_flush_on_close(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    opened = open(tmp_path / "out.txt", "w")  # noqa: SIM115 - opened off the loop
+    opened = open(tmp_path / "out.txt", "w")  # opened off the loop
 
     async def main() -> None:
         with unstall.strict(action="log"), opened:
