@@ -256,7 +256,7 @@ def test_the_suite_summary_and_timeline(pytester: pytest.Pytester) -> None:
     assert "strict mode: 1 blocking call at 1 place" in summary, summary
     blocks = marked_line(SUMMARY_SUITE, "# blocks")
     assert f"1x  open  test_summary.py:{blocks}" in summary, summary
-    assert f"the suite's timeline is in {html}" in summary
+    assert f"unstall: wrote html (2 stalls) to {html}" in summary
     page = html.read_text()
     assert "test_summary.py" in page
     assert "test test_summary.py::test_one" in page

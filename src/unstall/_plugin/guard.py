@@ -156,9 +156,11 @@ def stall_text(stall: Stall, phase: str, threshold: float) -> str:
         where = stall.culprit.location
         if stall.culprit.code:
             where += f": {stall.culprit.code}"
+    from unstall._report.format import format_duration
+
     lines = [
-        f"unstall: the event loop stalled for {stall.duration_s:.3f}s during {phase} "
-        f"(threshold {threshold:g}s)",
+        f"unstall: the event loop stalled for {format_duration(stall.duration_s)} during {phase} "
+        f"(threshold {format_duration(threshold)})",
         f"  culprit: {where}",
     ]
     if stall.call:

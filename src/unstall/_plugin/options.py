@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from unstall._report.writers import Writer
 
 DEFAULT_THRESHOLD = 0.1
 
@@ -19,12 +24,12 @@ class Defaults:
     threshold: float
     strict: bool
     baseline: Path | None = None
-    html: Path | None = None
+    outputs: tuple[tuple[Writer, str], ...] = ()  # --unstall-json/html/trace files
 
     @property
     def active(self) -> bool:
         """Whether any test is watched without a marker asking for it."""
-        return self.watch or self.strict or self.baseline is not None or self.html is not None
+        return self.watch or self.strict or self.baseline is not None or bool(self.outputs)
 
 
 def add_options(parser: pytest.Parser) -> None:
@@ -52,12 +57,16 @@ def add_options(parser: pytest.Parser) -> None:
         help="known findings: written (and the run passes) when FILE does not exist; "
         "when it does, findings listed there do not fail their test, new ones do",
     )
-    group.addoption(
-        "--unstall-html",
-        default=None,
-        metavar="FILE",
-        help="write the suite's stalls as an HTML timeline to FILE",
-    )
+    from unstall._report.writers import WRITERS
+
+    for writer in WRITERS.values():
+        group.addoption(
+            f"--unstall-{writer.name}",
+            metavar="FILE",
+            default=None,
+            help="watch every test, as --unstall, and after the run write the stalls "
+            f"that failed tests to FILE ({writer.describes})",
+        )
     parser.addini("unstall_watch", "watch every test's event loops, as --unstall", type="bool")
     parser.addini("unstall_threshold", "default stall threshold in seconds", default="")
     parser.addini("unstall_strict", "strict mode for every test, as --unstall-strict", type="bool")
@@ -120,6 +129,26 @@ def _path_option(config: pytest.Config, name: str, flag: str) -> Path | None:
     return path.resolve()
 
 
+def _outputs(config: pytest.Config) -> tuple[tuple[Writer, str], ...]:
+    """The report files asked for (``--unstall-json FILE``...), each checked writable."""
+    from unstall._report.writers import WRITERS
+
+    outputs = []
+    for writer in WRITERS.values():
+        path = config.getoption(f"unstall_{writer.name}")
+        if path is None:
+            continue
+        option = f"--unstall-{writer.name}"
+        parent = os.path.dirname(os.path.abspath(path))
+        if not path or os.path.isdir(path):
+            raise pytest.UsageError(f"{option} needs a file name, got {path!r}")
+        if not os.path.isdir(parent):
+            raise pytest.UsageError(f"{option} {path!r}: directory {parent!r} does not exist")
+        writer.load()
+        outputs.append((writer, str(path)))
+    return tuple(outputs)
+
+
 def read_defaults(config: pytest.Config) -> Defaults:
     """The run's defaults from the options, ini and ``[tool.unstall]``; UsageError if bad."""
     raw = config.getoption("unstall")
@@ -127,10 +156,10 @@ def read_defaults(config: pytest.Config) -> Defaults:
     threshold = _cli_threshold(config, raw) if raw else None
     strict = bool(config.getoption("unstall_strict") or config.getini("unstall_strict"))
     baseline = _path_option(config, "unstall_baseline", "--unstall-baseline")
-    html = _path_option(config, "unstall_html", "--unstall-html")
-    # A baseline or a timeline with neither --unstall nor --unstall-strict watches stalls.
-    watch = watch or ((baseline is not None or html is not None) and not strict)
+    outputs = _outputs(config)
+    # Report files watch every test, as --unstall; a baseline alone watches stalls too.
+    watch = watch or bool(outputs) or (baseline is not None and not strict)
     if threshold is None:
         # Read [tool.unstall] only for a run that watches: an idle plugin costs nothing.
         threshold = _default_threshold(config) if watch or strict else DEFAULT_THRESHOLD
-    return Defaults(watch, threshold, strict, baseline, html)
+    return Defaults(watch, threshold, strict, baseline, outputs)

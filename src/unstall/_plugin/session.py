@@ -36,6 +36,7 @@ class Session:
             except BaselineError as exc:
                 raise pytest.UsageError(str(exc)) from None
         self.log = SuiteLog(config.rootpath, defaults.threshold, baseline)
+        self.messages: list[str] = []
 
     def _start(self, item: pytest.Item) -> Guard | None:
         __tracebackhide__ = True
@@ -110,15 +111,15 @@ class Session:
         interrupted = exitstatus in (pytest.ExitCode.INTERRUPTED, pytest.ExitCode.USAGE_ERROR)
         if baseline is not None and baseline.writing and not interrupted:
             baseline.save()
-        if self.defaults.html is not None:
-            self.log.write_html(self.defaults.html)
+        if self.defaults.outputs:
+            argv = ["pytest", *self.config.invocation_params.args]
+            self.messages += self.log.write_outputs(self.defaults.outputs, argv)
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         lines = self.log.summary_lines(
             color=terminalreporter.hasmarkup, width=terminalreporter._tw.fullwidth
         )
-        if self.defaults.html is not None:
-            lines.append(f"unstall: the suite's timeline is in {self.defaults.html}")
+        lines += self.messages
         if lines:
             terminalreporter.write_sep("=", "unstall summary")
             for line in lines:

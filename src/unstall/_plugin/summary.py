@@ -1,14 +1,18 @@
 """The suite's record: every stall and blocking call across the run, for the end summary,
-the ``--unstall-html`` timeline and the baseline."""
+the ``--unstall-json/html/trace`` files and the baseline."""
 
 from __future__ import annotations
 
 import time
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from unstall._plugin.baseline import Baseline, Finding
 from unstall._report.records import LoopInfo, Report, Stall
+
+if TYPE_CHECKING:
+    from unstall._report.writers import Writer
 
 _MAX_LAG_POINTS = 200_000  # the timeline downsamples anyway; this bounds memory
 _MAX_PLACES = 12
@@ -65,10 +69,20 @@ class SuiteLog:
             duration_s=time.time() - self.started_at,
         )
 
-    def write_html(self, path: Path) -> None:
-        from unstall._report.html import write_html
-
-        write_html(self.report(), path)
+    def write_outputs(self, outputs: tuple[tuple[Writer, str], ...], argv: list[str]) -> list[str]:
+        """Write the suite's report with each writer; one message per file."""
+        report = self.report()
+        report.argv = argv
+        messages = []
+        for writer, path in outputs:
+            try:
+                writer.write(report, path)
+            except OSError as exc:
+                messages.append(f"unstall: cannot write {path!r}: {exc.strerror or exc}")
+            else:
+                stalls = f"{len(report.stalls)} stall{'' if len(report.stalls) == 1 else 's'}"
+                messages.append(f"unstall: wrote {writer.name} ({stalls}) to {path}")
+        return messages
 
     def summary_lines(self, *, color: bool, width: int) -> list[str]:
         """The end-of-run summary, grouped by culprit line like ``unstall run``'s."""
