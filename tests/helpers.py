@@ -56,3 +56,22 @@ def run_unstall(args: list[str], cwd: Path, **kw: Any) -> subprocess.CompletedPr
         timeout=120,
         **kw,
     )
+
+
+def marked_line(source: str, mark: str) -> int:
+    """The line of ``mark`` in a sample file written by pytester's ``makepyfile`` (it strips)."""
+    lines = source.strip().splitlines()
+    return next(i for i, text in enumerate(lines, 1) if mark in text)
+
+
+def failure_section(output: str, test: str) -> str:
+    """The failure (or error) section of one test in pytest's output."""
+    import re
+
+    match = re.search(
+        rf"_{{3,}} (?:ERROR at \w+ of )?{re.escape(test)}(?:\[\w+\])? _{{3,}}\n(.*?)(?=\n_{{3,}} |\n=+ )",
+        output,
+        re.S,
+    )
+    assert match, f"no failure section for {test}:\n{output}"
+    return match.group(1)

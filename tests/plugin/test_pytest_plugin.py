@@ -367,24 +367,24 @@ def test_bad_marker_is_a_usage_error(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_inprocess()
     assert result.ret != 0
     assert (
-        "takes threshold= and strict= only, got treshold"
+        "takes threshold=, strict=, allow= and off= only, got treshold"
         in result.stdout.str() + result.stderr.str()
     )
 
 
 def test_one_stall_per_blocked_period_preferring_a_user_culprit() -> None:
-    from unstall import _pytest_plugin
+    from unstall._plugin import guard
     from unstall._report.records import Frame, Stall
 
     user = Frame("/src/app.py", 3, "handler")
-    own = Frame(_pytest_plugin.__file__, 1, "hook")
+    own = Frame(guard.__file__, 1, "hook")
     stalls = [
         Stall(0.0, 0.5, "MainThread", 1, "loop", culprit=own),  # the same period, seen twice
         Stall(0.01, 0.5, "MainThread", 1, "loop", culprit=user),
         Stall(0.2, 0.5, "worker", 2, "loop2", culprit=own),  # another thread's loop
         Stall(1.0, 0.2, "MainThread", 1, "loop", culprit=user),  # a later stall
     ]
-    kept = _pytest_plugin._distinct(stalls)
+    kept = guard.distinct(stalls)
     assert [(s.thread_id, s.start_s, s.culprit) for s in kept] == [
         (1, 0.01, user),
         (2, 0.2, own),

@@ -50,9 +50,8 @@ def test_a_worker_s_stall_fails_its_test_and_reaches_the_controller_s_summary(
     out = result.stdout.str()
     assert re.search(r"FAILED test_suite.py::test_blocks - unstall: the event loop stalled", out)
     summary = out[out.index("unstall summary") :]
-    assert "unstall: 1 test stalled the event loop" in summary
+    assert "the event loop stalled once" in summary
     assert "test_suite.py:7 in main" in summary
-    assert re.search(r"test_suite.py::test_blocks .*\[gw\d, pid \d+\]", summary), summary
 
 
 def test_a_worker_s_stalls_reach_the_controller_s_json_file(pytester: pytest.Pytester) -> None:

@@ -745,3 +745,44 @@ def test_client_libraries_are_never_imported_by_strict_mode(env: Env) -> None:
     # its first blocking call inside (reading ~/.netrc, DNS, connect), at the user's line
     assert call.startswith(("os.", "socket.", "open")), out.stdout
     assert line == "10", out
+
+
+def test_a_stream_on_the_same_file_as_stderr_is_console_even_after_sys_stderr_is_swapped(
+    tmp_path: Path,
+) -> None:
+    # What pytest's fd capture and click's CliRunner do together: descriptor 2 points to a
+    # capture file, a handler holds a stream on that file, then sys.stderr is swapped.
+    capture = open(tmp_path / "capture", "w+")  # closed below
+    saved_fd = os.dup(2)
+    os.dup2(capture.fileno(), 2)
+    saved = sys.stderr
+    sys.stderr = io.StringIO()
+
+    async def main() -> None:
+        with unstall.strict():
+            capture.write("logged while sys.stderr is somebody else's\n")
+            capture.flush()
+
+    try:
+        asyncio.run(main())
+    finally:
+        sys.stderr = saved
+        os.dup2(saved_fd, 2)
+        os.close(saved_fd)
+        capture.close()
+
+
+def test_a_file_is_reported_once_its_write_not_again_at_the_flush_on_close(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    opened = open(tmp_path / "out.txt", "w")  # opened off the loop
+
+    async def main() -> None:
+        with unstall.strict(action="log"), opened:
+            opened.write("x" * 100)
+
+    with caplog.at_level(logging.WARNING, logger="unstall.strict"):
+        asyncio.run(main())
+    reports = [r.getMessage().splitlines()[0] for r in caplog.records]
+    assert len(reports) == 1, reports
+    assert reports[0].startswith("blocking call io.TextIOWrapper.write(")

@@ -26,6 +26,7 @@ from types import FrameType
 
 __all__ = [
     "DEFAULT_ALLOW",
+    "DEFAULT_EXCEPT",
     "AllowList",
     "callback_frames",
     "is_installed",
@@ -52,6 +53,9 @@ DEFAULT_ALLOW: tuple[str, ...] = (
     "pytest_timeout",
     "coverage",
 )
+# Parts of the allowed packages that do file I/O a test asks for, not on their own behalf:
+# py.path's ``tmpdir.write()``/``.read()`` live in ``_pytest._py``.
+DEFAULT_EXCEPT: tuple[str, ...] = ("_pytest._py",)
 
 _GLOB_CHARS = frozenset("/*?[\\")
 _SITE_DIRS = tuple(
@@ -136,10 +140,14 @@ class AllowList:
 
     names: tuple[str, ...] = ()
     globs: tuple[str, ...] = ()
+    excepted: tuple[str, ...] = ()  # modules never allowed, even under an allowed package
 
     @classmethod
-    def compile(cls, entries: Iterable[str]) -> AllowList:
-        """Build an allow-list; raises :class:`TypeError`/:class:`ValueError` on bad entries."""
+    def compile(cls, entries: Iterable[str], excepted: Iterable[str] = ()) -> AllowList:
+        """Build an allow-list; raises :class:`TypeError`/:class:`ValueError` on bad entries.
+
+        ``excepted`` names modules (and their submodules) that no entry allows.
+        """
         names: list[str] = []
         globs: list[str] = []
         for entry in entries:
@@ -155,7 +163,7 @@ class AllowList:
                 globs.append(entry if os.path.isabs(entry) or entry[0] == "*" else "*/" + entry)
             else:
                 names.append(entry)
-        return cls(tuple(names), tuple(globs))
+        return cls(tuple(names), tuple(globs), tuple(excepted))
 
     def __bool__(self) -> bool:
         return bool(self.names or self.globs)
@@ -165,13 +173,17 @@ class AllowList:
 
     def allows_frame(self, frame: FrameType) -> bool:
         code = frame.f_code
-        filename = code.co_filename
+        return self.allows_location(_module_of(frame), code.co_qualname, code.co_filename)
+
+    def allows_location(self, module: str, function: str, filename: str) -> bool:
+        """Whether code in ``module`` (its ``function``, from ``filename``) is allowed."""
+        if self.excepted and any(_under(module, e) for e in self.excepted):
+            return False
         if filename in self.names:
             return True
         if any(fnmatch.fnmatchcase(filename, glob) for glob in self.globs):
             return True
-        module = _module_of(frame)
-        qualified = f"{module}.{code.co_qualname}"
+        qualified = f"{module}.{function}"
         return any(_under(module, e) or _under(qualified, e) for e in self.names)
 
     def allows_any(self, frames: Iterable[FrameType]) -> bool:

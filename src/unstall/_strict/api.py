@@ -101,7 +101,7 @@ class strict:  # lowercase: it reads as a function at the call site
         *,
         action: Action = "raise",
         allow: Iterable[str] = (),
-        _sink: Callable[[BlockingCallError], None] | None = None,
+        _sink: Callable[[BlockingCallError], bool | None] | None = None,
     ) -> None:
         from unstall._strict.report import Policy  # the engine loads on first use
 

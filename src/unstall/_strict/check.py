@@ -5,6 +5,7 @@ Loaded on the first ``strict(...)``, so that ``import unstall`` stays light.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import sys
@@ -14,7 +15,13 @@ from collections.abc import Callable
 from typing import Any
 
 from unstall._strict import patch, report
-from unstall._strict.allow import DEFAULT_ALLOW, AllowList, callback_frames, own_frames
+from unstall._strict.allow import (
+    DEFAULT_ALLOW,
+    DEFAULT_EXCEPT,
+    AllowList,
+    callback_frames,
+    own_frames,
+)
 from unstall._strict.report import Policy, build_error, describe, emit, site
 from unstall._strict.rules import AUDIT_RULES, PATCHES, THIRD_PARTY_PATCHES, Patch, Rule
 
@@ -22,7 +29,7 @@ __all__ = ["Policy", "acquire", "add_process_policy", "release", "remove_process
 
 _OWN_FILES = frozenset({__file__, patch.__file__, report.__file__})
 _SLEEP_AUDITED = sys.version_info >= (3, 13)
-_DEFAULTS = AllowList.compile(DEFAULT_ALLOW)
+_DEFAULTS = AllowList.compile(DEFAULT_ALLOW, DEFAULT_EXCEPT)
 
 scope: contextvars.ContextVar[Policy | None] = contextvars.ContextVar(
     "unstall_strict", default=None
@@ -51,11 +58,26 @@ def _judge(rule: Rule, args: tuple[Any, ...], method: bool, policy: Policy) -> N
     __tracebackhide__ = True
     if policy.allow.allows_call(rule.call):
         return
+    file = args[0] if method and rule.call.startswith("io.") else None
+    if file is not None and file in policy.files:
+        return  # this file was reported already: its flush on close is the same I/O
     frames = callback_frames(sys._getframe(1), _OWN_FILES)
     if _DEFAULTS.allows_any(own_frames(frames)) or policy.allow.allows_any(frames):
         return
+    if file is not None:
+        _remember_file(policy, file)
     error = build_error(rule, describe(rule, args, method), frames)
     emit(policy, error, site(frames, rule))
+
+
+def _remember_file(policy: Policy, file: Any) -> None:
+    """Remember a file object and the layers under it (text -> buffered -> raw)."""
+    for _ in range(3):
+        if file is None:
+            return
+        with contextlib.suppress(TypeError):  # not weak-referenceable
+            policy.files.add(file)
+        file = getattr(file, "buffer", None) or getattr(file, "raw", None)
 
 
 def _wrap(spec: Patch, original: Callable[..., Any]) -> Callable[..., Any]:

@@ -6,8 +6,9 @@ import linecache
 import logging
 import reprlib
 import warnings
+import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
@@ -25,11 +26,17 @@ _STACK_LIMIT = 30
 
 @dataclass(frozen=True, slots=True)
 class Policy:
-    """What one ``strict(...)`` asks for: the action, the allow-list, an optional sink."""
+    """What one ``strict(...)`` asks for: the action, the allow-list, an optional sink.
+
+    A sink that returns ``False`` takes the report over: the action is not taken and the
+    call goes ahead. ``files`` holds the file objects already reported under this policy,
+    so that one file is reported once (its ``write``, not the ``flush`` on close too).
+    """
 
     action: str
     allow: AllowList
-    sink: Callable[[BlockingCallError], None] | None = None
+    sink: Callable[[BlockingCallError], bool | None] | None = None
+    files: weakref.WeakSet[Any] = field(default_factory=weakref.WeakSet, compare=False)
 
 
 def describe(rule: Rule, args: tuple[Any, ...], method: bool) -> str:
@@ -101,8 +108,8 @@ def build_error(rule: Rule, shown: str, frames: Sequence[FrameType]) -> Blocking
 
 def emit(policy: Policy, error: BlockingCallError, where: FrameType | None) -> None:
     __tracebackhide__ = True  # pytest: show the user's line, not strict mode's frames
-    if policy.sink is not None:
-        policy.sink(error)
+    if policy.sink is not None and policy.sink(error) is False:
+        return
     if policy.action == "raise":
         raise error
     if policy.action == "log":

@@ -72,23 +72,42 @@ def _blocking_socket(args: Args, kwargs: Kwargs) -> bool:
         return False
 
 
-def _console_fds() -> set[int]:
-    """Descriptors of the console streams, wherever they point now (pytest's capture too)."""
-    fds = {1, 2}
-    for stream in (sys.stdout, sys.stderr):
+def _is_console(fd: int) -> bool:
+    """Whether ``fd`` is a console stream, whatever ``sys.stdout`` currently is.
+
+    The standard descriptors, the streams in ``sys`` (current and original), a terminal,
+    and any descriptor for the file that descriptor 1 or 2 points to: pytest's capture
+    redirects them to a temporary file, and a ``logging.StreamHandler`` created then
+    keeps writing to that file after code such as click's ``CliRunner`` swaps
+    ``sys.stdout`` for a buffer of its own.
+    """
+    if fd in (1, 2):
+        return True
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
         with contextlib.suppress(AttributeError, OSError, ValueError):
-            fds.add(stream.fileno())
-    return fds
+            if stream is not None and stream.fileno() == fd:
+                return True
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return False
+    if stat.S_ISCHR(st.st_mode):
+        return True
+    for std in (1, 2):
+        with contextlib.suppress(OSError):
+            other = os.fstat(std)
+            if (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
+                return True
+    return False
 
 
 def _fd_blocks(fd: Any, *, writing: bool) -> bool:
-    # Console output (print, logging to stderr, a terminal, /dev/null) is never flagged,
-    # as in blockbuster: it is what programs do on purpose, and rarely waits.
-    if not isinstance(fd, int) or (writing and fd in _console_fds()):
+    # Console output (print, logging to stderr, a terminal, /dev/null, pytest's capture)
+    # is never flagged, as in blockbuster: it is what programs do on purpose, and rarely
+    # waits.
+    if not isinstance(fd, int) or (writing and _is_console(fd)):
         return False
     try:
-        if writing and stat.S_ISCHR(os.fstat(fd).st_mode):
-            return False
         return os.get_blocking(fd)
     except OSError:
         return False  # a bad descriptor: let the call itself raise

@@ -1,0 +1,174 @@
+"""The hooks that watch tests, registered only when some test is watched.
+
+An idle plugin registers none of them: it wraps no hook, so it appears in no traceback
+and no warning's location of a run that did not ask for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from unstall._plugin.baseline import Baseline, BaselineError
+from unstall._plugin.guard import Guard, Problem
+from unstall._plugin.markers import on_trio, settings_for
+from unstall._plugin.options import Defaults
+from unstall._plugin.summary import SuiteLog
+from unstall._plugin.tracebacks import strip_own_frames
+from unstall._plugin.unittest_loop import normal_mode_loop
+
+GUARD = pytest.StashKey[Guard]()
+FIRST_STALL = pytest.StashKey[int]()
+FINDINGS = "unstall"
+NAME = "unstall-session"
+
+
+class Session:
+    """The watching half of the plugin, for one pytest run."""
+
+    def __init__(self, config: pytest.Config, defaults: Defaults) -> None:
+        self.config = config
+        self.defaults = defaults
+        baseline = None
+        if defaults.baseline is not None:
+            try:
+                baseline = Baseline.load(defaults.baseline)
+            except BaselineError as exc:
+                raise pytest.UsageError(str(exc)) from None
+        self.log = SuiteLog(config.rootpath, defaults.threshold, baseline)
+        self.messages: list[str] = []
+
+    def _start(self, item: pytest.Item) -> Guard | None:
+        __tracebackhide__ = True
+        settings = settings_for(item, self.defaults)
+        if settings is None:
+            return None
+        if on_trio(item):
+            self.log.trio_skipped += 1
+            return None
+        if self.log.baseline is not None:
+            self.log.baseline.tests_run.add(item.nodeid)
+        guard = Guard(item.nodeid, settings, self.log)
+        if settings.strict:
+            from unstall._strict.api import strict
+
+            try:
+                policy = strict(action="raise", allow=settings.allow, _sink=guard.on_blocking)
+            except (TypeError, ValueError) as exc:
+                raise pytest.UsageError(f"{item.nodeid}: unstall strict mode: {exc}") from None
+            guard.uninstall = policy.install()
+        item.stash[GUARD] = guard
+        item.stash[FIRST_STALL] = len(self.log.stalls)
+        return guard
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None, None, None]:
+        __tracebackhide__ = True
+        with _phase(self._start(item), "setup"):
+            return (yield)
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, None, None]:
+        __tracebackhide__ = True
+        guard = item.stash.get(GUARD, None)
+        if guard is not None:
+            normal_mode_loop(getattr(item, "instance", None))
+        with _phase(guard, "call"):
+            return (yield)
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_teardown(self, item: pytest.Item) -> Generator[None, None, None]:
+        __tracebackhide__ = True
+        guard = item.stash.get(GUARD, None)
+        try:
+            with _phase(guard, "teardown"):
+                return (yield)
+        finally:
+            if guard is not None and callable(guard.uninstall):
+                guard.uninstall()
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        guard = item.stash.get(GUARD, None)
+        if guard is not None and call.excinfo is not None:
+            strip_own_frames(call.excinfo.value)
+        report = yield
+        if guard is None:
+            return report
+        if call.when == "setup" and report.passed:
+            return report  # setup problems are reported with the test's call
+        # Teardown also takes what an interrupted run left (setup problems with no call).
+        phases = ("setup", "call") if call.when != "teardown" else ("setup", "call", "teardown")
+        raised = call.excinfo.value if call.excinfo is not None else None
+        problems = [p for p in guard.take(phases) if p.error is None or p.error is not raised]
+        if problems:
+            _attach(report, problems)
+        if call.when == "teardown" and hasattr(self.config, "workerinput"):
+            self._send_to_controller(item, report)
+        return report
+
+    def _send_to_controller(self, item: pytest.Item, report: pytest.TestReport) -> None:
+        """Under pytest-xdist: the test's stalls travel with its last report."""
+        from unstall._report.findings import worker_findings
+
+        stalls = self.log.stalls[item.stash.get(FIRST_STALL, len(self.log.stalls)) :]
+        if stalls:
+            found = worker_findings((s, self.log.started_at) for s in stalls)
+            report.user_properties.append((FINDINGS, found))
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """On xdist's controller: a worker's stalls join the summary and the output files."""
+        if getattr(report, "node", None) is None:
+            return  # a report of this process: its stalls are recorded already
+        from unstall._report.findings import read_findings
+
+        for name, value in report.user_properties:
+            if name == FINDINGS:
+                for stall, origin in read_findings(value):
+                    self.log.add_stall(stall, origin)
+
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        baseline = self.log.baseline
+        interrupted = exitstatus in (pytest.ExitCode.INTERRUPTED, pytest.ExitCode.USAGE_ERROR)
+        if baseline is not None and baseline.writing and not interrupted:
+            baseline.save()
+        if self.defaults.outputs:
+            argv = ["pytest", *self.config.invocation_params.args]
+            self.messages += self.log.write_outputs(self.defaults.outputs, argv)
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        lines = self.log.summary_lines(
+            color=terminalreporter.hasmarkup, width=terminalreporter._tw.fullwidth
+        )
+        lines += self.messages
+        if lines:
+            terminalreporter.write_sep("=", "unstall summary")
+            for line in lines:
+                terminalreporter.write_line(line)
+
+
+@contextmanager
+def _phase(guard: Guard | None, name: str) -> Iterator[None]:
+    """Watch one phase (setup, call, teardown) of a guarded test."""
+    __tracebackhide__ = True
+    if guard is None:
+        yield
+        return
+    guard.start_phase(name)
+    try:
+        yield
+    finally:
+        guard.end_phase()
+
+
+def _attach(report: pytest.TestReport, problems: list[Problem]) -> None:
+    text = "\n\n".join(p.text for p in problems)
+    if report.passed:
+        report.outcome = "failed"
+        report.longrepr = text
+    else:
+        report.sections.append(("unstall", text))
