@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -34,6 +35,7 @@ _monotonic = time.monotonic
 _process_time = time.process_time
 SAMPLE_EVERY_S = 0.005
 HANG_EVERY_S = 1.0
+LINGER_S = 2.0
 
 
 @dataclass
@@ -89,12 +91,21 @@ class Monitor:
         self._retired: deque[tuple[int, LoopProbe]] = deque(maxlen=256)
         self._tracks: dict[int, _Track] = {}
         self._thread: threading.Thread | None = None
-        self._stop_event = threading.Event()
+        self._wake = threading.Event()
+        self._polling = threading.RLock()
+        """Held by the watchdog while it polls and delivers."""
         self.threshold = 0.1
         # When the watchdog held the GIL (its polls): the loop may have waited for it.
         self._polls: deque[tuple[float, float]] = deque(maxlen=512)
         self._due = 0.0
         self._woke_late = 0.0
+
+    def after_fork(self) -> None:
+        """In a forked child: the watchdog thread did not come along, nor did its locks."""
+        self._thread = None
+        self._lock = threading.RLock()
+        self._polling = threading.RLock()
+        self._wake = threading.Event()
 
     # -- watchers ------------------------------------------------------------------------
 
@@ -105,11 +116,13 @@ class Monitor:
             self._retune()
             loop_hooks.set_listener(self._on_loop)
             if self._thread is None:
-                self._stop_event = threading.Event()
+                self._wake = threading.Event()
                 self._thread = threading.Thread(
-                    target=self._run, args=(self._stop_event,), name="unstall-watchdog", daemon=True
+                    target=self._run, args=(self._wake,), name="unstall-watchdog", daemon=True
                 )
                 self._thread.start()
+            else:
+                self._wake.set()  # an idle watchdog: back to work
         target = watcher.loop
         if target is None:
             for loop in loop_hooks.running_loops():
@@ -118,9 +131,12 @@ class Monitor:
             self._attach_running(target)
 
     def remove(self, watcher: Subscription) -> None:
-        """Finish what is pending for ``watcher`` and stop watching for it."""
+        """Finish what is pending for ``watcher`` and stop watching for it.
+
+        When it returns, nothing more is delivered to ``watcher`` (unless called from the
+        watchdog thread itself, by a listener).
+        """
         self.flush(final_for=watcher)
-        thread = None
         with self._lock:
             if watcher in self._watchers:
                 self._watchers.remove(watcher)
@@ -132,12 +148,13 @@ class Monitor:
                     self._tracks.pop(key, None)
             if not self._watchers:
                 loop_hooks.set_listener(None)
-                thread, self._thread = self._thread, None
-                self._stop_event.set()
+            thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            thread.join()
-        if thread is not None:
-            faultdump.disarm()
+            with self._polling:  # a poll under way delivers before we return
+                pass
+        with self._lock:
+            if not self._watchers:
+                faultdump.disarm()
 
     def _retune(self) -> None:
         if self._watchers:
@@ -223,22 +240,46 @@ class Monitor:
 
     # -- the watchdog --------------------------------------------------------------------
 
-    def _run(self, stop: threading.Event) -> None:
+    def _run(self, wake: threading.Event) -> None:
         self._due = _monotonic()
-        while not stop.is_set():
+        while True:
+            if not self._watchers:
+                if not self._idle(wake):
+                    return
+                self._due = _monotonic()
             began = _monotonic()
             # How long waking up took the watchdog: a loop thread it made give up the GIL
             # slept meanwhile (a handoff the loop's code did not ask for).
             self._woke_late = max(began - self._due, 0.0)
-            try:
-                sampling = self.poll()
-            except BaseException:  # no bug may end the one watchdog of the process
-                _log.exception("unstall: watchdog error")
-                sampling = False
+            with self._polling:
+                try:
+                    sampling = self.poll()
+                except BaseException:  # no bug may end the one watchdog of the process
+                    _log.exception("unstall: watchdog error")
+                    sampling = False
             self._polls.append((began, _monotonic()))
             pause = SAMPLE_EVERY_S if sampling else min(self.threshold / 4, 0.025)
             self._due = _monotonic() + pause
-            stop.wait(pause)
+            wake.wait(pause)
+            wake.clear()
+
+    def _idle(self, wake: threading.Event) -> bool:
+        """Wait for the next watcher; ``False`` (the thread ends) after ``LINGER_S``.
+
+        Staying a while spares a test suite, which watches each test in turn, a thread
+        start and join per test.
+        """
+        deadline = _monotonic() + LINGER_S
+        while True:
+            with self._lock:
+                if self._watchers:
+                    return True
+                remaining = deadline - _monotonic()
+                if remaining <= 0:
+                    self._thread = None  # the next add() starts a new one
+                    return False
+                wake.clear()
+            wake.wait(remaining)
 
     def _held(self, start: float, end: float) -> float:
         """Seconds within ``[start, end]`` the watchdog spent polling, holding the GIL."""
@@ -444,3 +485,5 @@ def _emit(stall: Stall) -> None:
 
 
 monitor = Monitor()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=monitor.after_fork)

@@ -138,7 +138,7 @@ class Watcher:
 
         Idempotent. A stall still going on in the calling thread's loop (the callback
         calling ``stop()`` has blocked for longer than the threshold) is closed and
-        reported. Joins the watchdog thread when no other watcher remains.
+        reported. Once it returns, no more stalls reach this watcher.
         """
         with self._lock:
             if self._stopped_t is not None:
