@@ -73,28 +73,33 @@ class _Guard:
     watcher: Watcher | None = None
     uninstall: Callable[[], None] | None = None
     problems: list[_Problem] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
 
     def on_blocking(self, error: BlockingCallError) -> None:
         self.problems.append(_Problem(self.phase, _strict_text(error, self.phase), error))
 
     def start_phase(self, phase: str) -> None:
-        from unstall._watch.watcher import watch
-
         self.phase = phase
         if self.settings.threshold is not None:
-            self.watcher = watch(threshold=self.settings.threshold, log=False)
+            with _contained(f"the pytest plugin's {phase} start", "this phase was not watched"):
+                from unstall._watch.watcher import watch
+
+                self.watcher = watch(threshold=self.settings.threshold, log=False)
 
     def end_phase(self) -> None:
         watcher, self.watcher = self.watcher, None
         if watcher is None:
             return
-        watcher.stop()
-        threshold = watcher.threshold
-        stalls = [s for s in _distinct(watcher.stalls) if s.duration_s >= threshold]
-        for stall in stalls:
-            self.problems.append(_Problem(self.phase, _stall_text(stall, self.phase, threshold)))
-        if self.collected is not None:
-            self.collected.add(watcher.report(), stalls)
+        with _contained(f"the pytest plugin's {self.phase} end", "stalls of this phase were lost"):
+            watcher.stop()
+            threshold = watcher.threshold
+            stalls = [s for s in _distinct(watcher.stalls) if s.duration_s >= threshold]
+            for stall in stalls:
+                self.problems.append(
+                    _Problem(self.phase, _stall_text(stall, self.phase, threshold))
+                )
+            if self.collected is not None:
+                self.collected.add(watcher.report(), stalls)
 
     def take(self, phases: tuple[str, ...]) -> list[_Problem]:
         taken = [p for p in self.problems if p.phase in phases]
@@ -103,6 +108,28 @@ class _Guard:
 
 
 _PACKAGE_DIR = str(Path(__file__).parent)
+
+
+@contextlib.contextmanager
+def _contained(where: str, lost: str) -> Iterator[None]:
+    """unstall's own failure stays here: logged and noted, and the test goes on."""
+    try:
+        yield
+    except pytest.UsageError:
+        raise
+    except Exception as exc:
+        from unstall._report.incidents import contain
+
+        contain(where, lost, exc)
+
+
+def _notes(since: float) -> list[str]:
+    try:
+        from unstall._report.incidents import notes_since
+
+        return notes_since(since)
+    except Exception:
+        return []
 
 
 def _distinct(stalls: list[Stall]) -> list[Stall]:
@@ -173,6 +200,7 @@ class _Collected:
 _GUARD = pytest.StashKey[_Guard]()
 _DEFAULTS = pytest.StashKey[_Defaults]()
 _COLLECTED = pytest.StashKey[_Collected]()
+_SINCE = pytest.StashKey[float]()
 
 
 # --- options -----------------------------------------------------------------------------
@@ -275,6 +303,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_DEFAULTS] = defaults
     if outputs:
         config.stash[_COLLECTED] = _Collected(defaults.threshold, outputs)
+    if watch or strict:
+        config.stash[_SINCE] = time.monotonic()
 
 
 def _outputs(config: pytest.Config) -> list[tuple[Writer, str]]:
@@ -307,6 +337,10 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             writer.write(report, path)
         except OSError as exc:
             collected.messages.append(f"unstall: cannot write {path!r}: {exc.strerror or exc}")
+        except Exception as exc:  # unstall's own failure: the run's outcome stays the suite's
+            from unstall._report.incidents import contain
+
+            contain(f"the pytest plugin's {writer.name} writer", f"{path!r} was not written", exc)
         else:
             stalls = f"{len(report.stalls)} stall{'' if len(report.stalls) == 1 else 's'}"
             collected.messages.append(f"unstall: wrote {writer.name} ({stalls}) to {path}")
@@ -316,6 +350,12 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     collected = terminalreporter.config.stash.get(_COLLECTED, None)
     for message in collected.messages if collected is not None else ():
         terminalreporter.write_line(message)
+    since = terminalreporter.config.stash.get(_SINCE, None)
+    notes = _notes(since) if since is not None else []
+    if notes:  # what unstall failed to watch, through its own errors
+        terminalreporter.write_sep("-", "unstall: notes")
+        for note in notes:
+            terminalreporter.write_line(f"unstall: note: {note}")
 
 
 # --- per test ----------------------------------------------------------------------------
@@ -355,13 +395,14 @@ def _start(item: pytest.Item) -> _Guard | None:
         return None
     guard = _Guard(settings, item.config.stash.get(_COLLECTED, None))
     if settings.strict:
-        from unstall._strict.api import strict
+        with _contained("the pytest plugin's strict start", "strict mode was off for this test"):
+            from unstall._strict.api import strict
 
-        try:
-            policy = strict(action="raise", allow=settings.allow, _sink=guard.on_blocking)
-        except (TypeError, ValueError) as exc:
-            raise pytest.UsageError(f"{item.nodeid}: unstall strict mode: {exc}") from None
-        guard.uninstall = policy.install()
+            try:
+                policy = strict(action="raise", allow=settings.allow, _sink=guard.on_blocking)
+            except (TypeError, ValueError) as exc:
+                raise pytest.UsageError(f"{item.nodeid}: unstall strict mode: {exc}") from None
+            guard.uninstall = policy.install()
     item.stash[_GUARD] = guard
     return guard
 
@@ -381,7 +422,10 @@ def _phase(guard: _Guard | None, name: str) -> Iterator[None]:
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
-    with _phase(_start(item), "setup"):
+    guard = None
+    with _contained("the pytest plugin's setup", "this test was not watched"):
+        guard = _start(item)
+    with _phase(guard, "setup"):
         return (yield)
 
 
@@ -399,7 +443,8 @@ def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
             return (yield)
     finally:
         if guard is not None and guard.uninstall is not None:
-            guard.uninstall()
+            with _contained("the pytest plugin's strict stop", "strict mode may stay on"):
+                guard.uninstall()
 
 
 @pytest.hookimpl(wrapper=True)
@@ -410,15 +455,24 @@ def pytest_runtest_makereport(
     guard = item.stash.get(_GUARD, None)
     if guard is None:
         return report
+    with _contained("the pytest plugin's report", "a stall of this test may be unreported"):
+        _judge(guard, call, report)
+    return report
+
+
+def _judge(guard: _Guard, call: pytest.CallInfo[None], report: pytest.TestReport) -> None:
     if call.when == "setup" and report.passed:
-        return report  # setup problems are reported with the test's call
+        return  # setup problems are reported with the test's call
     # Teardown also takes what an interrupted run left (setup problems with no call).
     phases = ("setup", "call") if call.when != "teardown" else ("setup", "call", "teardown")
     raised = call.excinfo.value if call.excinfo is not None else None
     problems = [p for p in guard.take(phases) if p.error is None or p.error is not raised]
     if problems:
         _attach(report, problems)
-    return report
+    if call.when == "teardown":
+        notes = _notes(guard.started)
+        if notes:  # what unstall failed to watch in this test; the test's outcome is its own
+            report.sections.append(("unstall", "\n".join(notes)))
 
 
 def _attach(report: pytest.TestReport, problems: list[_Problem]) -> None:

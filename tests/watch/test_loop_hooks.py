@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -70,6 +71,8 @@ def test_hand_made_loop_is_seen(seen: Seen) -> None:
 
 
 def test_a_failing_listener_does_not_break_the_loop(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="unstall")  # warned once per process, then DEBUG
+
     def broken(loop: asyncio.AbstractEventLoop, started: bool) -> None:
         raise RuntimeError("hook bug")
 

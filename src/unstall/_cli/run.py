@@ -29,6 +29,7 @@ from typing import TextIO, TypeVar
 
 from unstall._cli.launch import LaunchError, Outcome, execute, is_launch_frame, prepare
 from unstall._report.format import should_color
+from unstall._report.incidents import contain, notes_since
 from unstall._report.records import Report, Stall
 from unstall._report.summary import render_hang_line, render_summary
 from unstall._report.writers import WRITERS, Writer
@@ -187,6 +188,8 @@ class Session:
                 raise UsageError(
                     f"cannot write --json {opts.json!r}: {exc.strerror or exc}"
                 ) from None
+            except Exception as exc:
+                contain("the --json writer", "the --json file is stale", exc)
             threading.Thread(target=self._json_loop, name="unstall-run-json", daemon=True).start()
 
     # callbacks, called by the watcher from its own thread (or the loop's) -----------------
@@ -236,10 +239,18 @@ class Session:
             self._json.write(report or self.report(), self.opts.json)
         except OSError as exc:
             _say(f"unstall run: cannot write {self.opts.json!r}: {exc.strerror or exc}")
+        except Exception as exc:
+            contain("the --json writer", "the --json file is stale", exc)
         finally:
             self._write_lock.release()
 
     def _json_loop(self) -> None:
+        try:
+            self._json_rewrites()
+        except Exception as exc:
+            contain("the --json rewriter", "the --json file is not rewritten during the run", exc)
+
+    def _json_rewrites(self) -> None:
         while not self._done:
             if self._dirty.wait(1.0) and not self._done:
                 started = time.monotonic()
@@ -258,7 +269,11 @@ class Session:
         if self._uninstall_strict is not None:
             _call_quietly(self._uninstall_strict, "uninstall strict mode")
         report = self._final_report()
-        _say(render_summary(report, color=self._color))
+        try:
+            _say(render_summary(report, color=self._color))
+        except Exception as exc:
+            lost = f"no summary ({len(report.stalls)} stalls)"
+            _say("unstall run: " + contain("the summary", lost, exc))
         if self.opts.json:
             self._write_json(report)
         for writer, path in self.opts.outputs():
@@ -277,7 +292,8 @@ class Session:
             _say(f"unstall run: stopping the watcher failed ({exc!r}); partial report")
         with self._lock:
             stalls = [*self.watcher.stalls, *self._ongoing.values()]
-        return Report(self.opts.threshold, stalls=stalls, argv=list(self.argv))
+        notes = notes_since(self._started_mono)
+        return Report(self.opts.threshold, stalls=stalls, argv=list(self.argv), notes=notes)
 
 
 T = TypeVar("T")
@@ -403,10 +419,14 @@ def _flush_std() -> None:
             stream.flush()
 
 
-def _finish(session: Session, pid: int, outcome: list[Outcome]) -> None:
+def _finish(session: Session | None, pid: int, outcome: list[Outcome]) -> None:
     if os.getpid() != pid:
         return  # a forked child exiting normally: the report belongs to the parent
-    session.finish()
+    if session is not None:
+        try:
+            session.finish()
+        except Exception as exc:  # the program's exit status stays its own
+            contain("the report at exit", "the report is incomplete", exc)
     if outcome and outcome[0].interrupted:
         # python ends a program stopped by an uncaught KeyboardInterrupt with SIGINT itself
         signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -429,13 +449,20 @@ def main(argv: list[str]) -> int:
         return 0
     try:
         program = prepare(opts.script, opts.module)
-        session = Session(opts, [program.argv0, *opts.args])
     except SyntaxError as exc:  # as python reports it: no traceback, exit 1
         sys.excepthook(type(exc), exc.with_traceback(None), None)
         return 1
-    except (UsageError, LaunchError) as exc:
+    except LaunchError as exc:
         print(f"unstall run: {exc}", file=sys.stderr)
         return 2
+    try:
+        session: Session | None = Session(opts, [program.argv0, *opts.args])
+    except UsageError as exc:
+        print(f"unstall run: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # unstall's failure: the program still runs, as with python
+        contain("unstall run's start", "the program ran unwatched", exc)
+        session = None
     outcome: list[Outcome] = []
     atexit.register(_finish, session, os.getpid(), outcome)
     outcome.append(execute(program, opts.args))

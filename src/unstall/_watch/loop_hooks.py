@@ -26,6 +26,8 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
+from unstall._report.incidents import contain
+
 __all__ = ["install", "running_loops", "set_listener"]
 
 _log = logging.getLogger("unstall")
@@ -57,22 +59,32 @@ def _notify(loop: asyncio.AbstractEventLoop, started: bool) -> None:
     if listener is not None:
         try:
             listener(loop, started)
-        except Exception:  # a watcher bug must never stop the user's loop
-            _log.exception("unstall: loop hook failed")
+        except Exception as exc:  # a watcher bug must never stop the user's loop
+            lost = "a loop that started is not watched" if started else "a loop's end was missed"
+            contain("the loop hook", lost, exc)
 
 
 def _set_running_loop(loop: asyncio.AbstractEventLoop | None) -> None:
+    # The original's own behaviour (and errors) are the user's; everything else is ours.
     if loop is None:
         try:
             _stopping()
-        finally:
-            _original_set(None)
+        except Exception as exc:
+            contain("the loop hook", "a loop's end was missed", exc)
+        _original_set(None)
     else:
         _original_set(loop)
-        with _registry_lock:
-            _running[_get_ident()] = loop
-        if _listener is not None:
-            _notify(loop, True)
+        try:
+            _starting(loop)
+        except Exception as exc:
+            contain("the loop hook", "a loop that started is not watched", exc)
+
+
+def _starting(loop: asyncio.AbstractEventLoop) -> None:
+    with _registry_lock:
+        _running[_get_ident()] = loop
+    if _listener is not None:
+        _notify(loop, True)
 
 
 def _stopping() -> None:
@@ -121,16 +133,19 @@ def _wrap_uvloop() -> None:
     @functools.wraps(original)
     def run_forever(self: asyncio.AbstractEventLoop) -> None:
         ident = _get_ident()
-        with _registry_lock:
-            _running[ident] = self
-        if _listener is not None:
-            _notify(self, True)
+        try:
+            _starting(self)
+        except Exception as exc:
+            contain("the uvloop hook", "a loop that started is not watched", exc)
         try:
             return original(self)  # type: ignore[no-any-return]
         finally:
-            _forget(ident, self)
-            if _listener is not None:
-                _notify(self, False)
+            try:
+                _forget(ident, self)
+                if _listener is not None:
+                    _notify(self, False)
+            except Exception as exc:
+                contain("the uvloop hook", "a loop's end was missed", exc)
 
     run_forever._unstall_hook = True  # type: ignore[attr-defined]
     cls.run_forever = run_forever

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from unstall._report import feed
+from unstall._report.incidents import contain
 from unstall._report.records import LoopInfo, Stall
 from unstall._watch import faultdump, loop_hooks
 from unstall._watch.attribution import CPU_RATIO, LoopMeta, build_stall, split_by_callback
@@ -124,11 +125,11 @@ class Monitor:
             else:
                 self._wake.set()  # an idle watchdog: back to work
         target = watcher.loop
-        if target is None:
-            for loop in loop_hooks.running_loops():
+        for loop in loop_hooks.running_loops() if target is None else [target]:
+            try:
                 self._attach_running(loop)
-        else:
-            self._attach_running(target)
+            except Exception as exc:
+                contain("attaching to a running loop", "a loop running already is not watched", exc)
 
     def remove(self, watcher: Subscription) -> None:
         """Finish what is pending for ``watcher`` and stop watching for it.
@@ -143,9 +144,12 @@ class Monitor:
             self._retune()
             for key, probe in list(self._probes.items()):
                 if not self._wanted(probe.loop):
-                    self._detach(probe)
                     del self._probes[key]
                     self._tracks.pop(key, None)
+                    try:
+                        self._detach(probe)
+                    except Exception as exc:
+                        contain("releasing a loop", f"loop {probe.id} may still be probed", exc)
             if not self._watchers:
                 loop_hooks.set_listener(None)
             thread = self._thread
@@ -154,7 +158,10 @@ class Monitor:
                 pass
         with self._lock:
             if not self._watchers:
-                faultdump.disarm()
+                try:
+                    faultdump.disarm()
+                except Exception as exc:
+                    contain("the fault dump timer", "a stray stack dump may follow", exc)
 
     def _retune(self) -> None:
         if self._watchers:
@@ -176,7 +183,14 @@ class Monitor:
             self._start_probe(loop, mid_iteration=True)
         elif loop.is_running():
             with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(self._start_probe, loop, True)
+                loop.call_soon_threadsafe(self._start_probe_contained, loop)
+
+    def _start_probe_contained(self, loop: asyncio.AbstractEventLoop) -> None:
+        """A callback on the user's loop: whatever goes wrong stays here."""
+        try:
+            self._start_probe(loop, mid_iteration=True)
+        except Exception as exc:
+            contain("the loop probe's start", "a loop running already is not watched", exc)
 
     def _on_loop(self, loop: asyncio.AbstractEventLoop, started: bool) -> None:
         if started:
@@ -254,8 +268,8 @@ class Monitor:
             with self._polling:
                 try:
                     sampling = self.poll()
-                except BaseException:  # no bug may end the one watchdog of the process
-                    _log.exception("unstall: watchdog error")
+                except BaseException as exc:  # no bug may end the one watchdog of the process
+                    contain("the watchdog", "stalls may be missing", exc)
                     sampling = False
             self._polls.append((began, _monotonic()))
             pause = SAMPLE_EVERY_S if sampling else min(self.threshold / 4, 0.025)
@@ -300,11 +314,22 @@ class Monitor:
             if dumps:
                 self._merge_dumps(dumps)
             for key, probe in list(self._probes.items()):
-                sampling = self._poll_probe(key, probe, now, deliveries) or sampling
-                if probe.retiring and not probe.running and not probe.finished:
-                    self._retire(key, probe)
+                try:
+                    sampling = self._poll_probe(key, probe, now, deliveries) or sampling
+                    if probe.retiring and not probe.running and not probe.finished:
+                        self._retire(key, probe)
+                except Exception as exc:
+                    self._drop(key, probe, exc)
         self._deliver(deliveries)
         return sampling
+
+    def _drop(self, key: int, probe: LoopProbe, exc: Exception) -> None:
+        """Stop watching one loop after an internal error about it; the others go on."""
+        contain("the watchdog", f"watching stopped for loop {probe.id}", exc)
+        with contextlib.suppress(Exception):
+            self._detach(probe)
+        self._probes.pop(key, None)
+        self._tracks.pop(key, None)
 
     def flush(self, final_for: Subscription | None = None) -> None:
         """Turn every finished iteration into stalls now (used by ``Watcher.stop``).
@@ -317,16 +342,19 @@ class Monitor:
             now = _monotonic()
             me = threading.get_ident()
             for key, probe in list(self._probes.items()):
-                if (
-                    final_for is not None
-                    and probe.thread_id == me
-                    and probe.running
-                    and final_for.wants(probe.loop)
-                ):
-                    probe.cut(now)
-                self._poll_probe(key, probe, now, deliveries, sample=False)
-                if probe.retiring and not probe.running and not probe.finished:
-                    self._retire(key, probe)
+                try:
+                    if (
+                        final_for is not None
+                        and probe.thread_id == me
+                        and probe.running
+                        and final_for.wants(probe.loop)
+                    ):
+                        probe.cut(now)
+                    self._poll_probe(key, probe, now, deliveries, sample=False)
+                    if probe.retiring and not probe.running and not probe.finished:
+                        self._retire(key, probe)
+                except Exception as exc:
+                    self._drop(key, probe, exc)
         self._deliver(deliveries)
 
     def _poll_probe(
@@ -476,8 +504,8 @@ class Monitor:
         for fn, stall in deliveries:
             try:
                 fn(stall)
-            except BaseException:  # one failing delivery must not cost the others
-                _log.exception("unstall: delivering a stall failed")
+            except BaseException as exc:  # one failing delivery must not cost the others
+                contain("delivering a stall", "a stall may be missing", exc)
 
 
 def _emit(stall: Stall) -> None:
