@@ -92,7 +92,6 @@ class Monitor:
         self._retired: deque[tuple[int, LoopProbe]] = deque(maxlen=256)
         self._tracks: dict[int, _Track] = {}
         self._thread: threading.Thread | None = None
-        self._wake = threading.Event()
         self._polling = threading.RLock()
         """Held by the watchdog while it polls and delivers."""
         self.threshold = 0.1
@@ -106,7 +105,6 @@ class Monitor:
         self._thread = None
         self._lock = threading.RLock()
         self._polling = threading.RLock()
-        self._wake = threading.Event()
 
     # -- watchers ------------------------------------------------------------------------
 
@@ -117,13 +115,10 @@ class Monitor:
             self._retune()
             loop_hooks.set_listener(self._on_loop)
             if self._thread is None:
-                self._wake = threading.Event()
                 self._thread = threading.Thread(
-                    target=self._run, args=(self._wake,), name="unstall-watchdog", daemon=True
+                    target=self._run, name="unstall-watchdog", daemon=True
                 )
                 self._thread.start()
-            else:
-                self._wake.set()  # an idle watchdog: back to work
         target = watcher.loop
         for loop in loop_hooks.running_loops() if target is None else [target]:
             try:
@@ -254,13 +249,16 @@ class Monitor:
 
     # -- the watchdog --------------------------------------------------------------------
 
-    def _run(self, wake: threading.Event) -> None:
+    def _run(self) -> None:
         self._due = _monotonic()
+        idle_since: float | None = None
         while True:
-            if not self._watchers:
-                if not self._idle(wake):
-                    return
-                self._due = _monotonic()
+            if self._watchers:
+                idle_since = None
+            elif idle_since is None:
+                idle_since = _monotonic()
+            elif _monotonic() - idle_since >= LINGER_S and self._retire_thread():
+                return
             began = _monotonic()
             # How long waking up took the watchdog: a loop thread it made give up the GIL
             # slept meanwhile (a handoff the loop's code did not ask for).
@@ -274,26 +272,20 @@ class Monitor:
             self._polls.append((began, _monotonic()))
             pause = SAMPLE_EVERY_S if sampling else min(self.threshold / 4, 0.025)
             self._due = _monotonic() + pause
-            wake.wait(pause)
-            wake.clear()
+            time.sleep(pause)
 
-    def _idle(self, wake: threading.Event) -> bool:
-        """Wait for the next watcher; ``False`` (the thread ends) after ``LINGER_S``.
+    def _retire_thread(self) -> bool:
+        """End the watchdog thread if still no watcher; the next ``add()`` starts one.
 
-        Staying a while spares a test suite, which watches each test in turn, a thread
-        start and join per test.
+        It waits ``LINGER_S`` first (polling, which costs nothing with no loop to look at):
+        a test suite watches each test phase in turn, and a watcher must not cost a thread
+        start and join, nor a wake-up signal to a sleeping thread.
         """
-        deadline = _monotonic() + LINGER_S
-        while True:
-            with self._lock:
-                if self._watchers:
-                    return True
-                remaining = deadline - _monotonic()
-                if remaining <= 0:
-                    self._thread = None  # the next add() starts a new one
-                    return False
-                wake.clear()
-            wake.wait(remaining)
+        with self._lock:
+            if self._watchers:
+                return False
+            self._thread = None
+            return True
 
     def _held(self, start: float, end: float) -> float:
         """Seconds within ``[start, end]`` the watchdog spent polling, holding the GIL."""
