@@ -90,6 +90,8 @@ class Run:
     wall_s: float
     cpu_s: float
     outcome: dict[str, int] = field(default_factory=dict)
+    failed: set[str] = field(default_factory=set)
+    """``FAILED``/``ERROR`` lines' test ids."""
 
 
 def sh(cmd: list[str], **kw: object) -> None:
@@ -148,7 +150,7 @@ def run_once(py: Path, src: Path, args: list[str]) -> Run:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.run(
-        [str(py), "-m", "pytest", "-q", "-p", "no:cacheprovider", *args],
+        [str(py), "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", *args],
         cwd=src,
         capture_output=True,
         text=True,
@@ -161,7 +163,12 @@ def run_once(py: Path, src: Path, args: list[str]) -> Run:
     outcome: dict[str, int] = {}
     for count, kind in _COUNT.findall(tail):
         outcome["errors" if kind.startswith("error") else kind] = int(count)
-    return Run(wall, cpu, outcome)
+    failed = {
+        f"{line.split()[0]} {line.split()[1]}"
+        for line in proc.stdout.splitlines()
+        if line.startswith(("FAILED ", "ERROR ")) and len(line.split()) > 1
+    }
+    return Run(wall, cpu, outcome, failed)
 
 
 def describe(outcome: dict[str, int]) -> str:
@@ -183,6 +190,9 @@ def measure(suite: Suite, work: Path, python: str, rounds: int, extra: list[str]
                 file=sys.stderr,
             )
     plain, watched = runs["plain"], runs["--unstall"]
+    ever_plain = set().union(*(r.failed for r in plain))
+    for test in sorted(set().union(*(r.failed for r in watched)) - ever_plain):
+        print(f"{suite.name}: only under --unstall: {test}", file=sys.stderr)
     wall = [statistics.median(r.wall_s for r in rs) for rs in (plain, watched)]
     cpu = [statistics.median(r.cpu_s for r in rs) for rs in (plain, watched)]
     return (

@@ -155,6 +155,40 @@ def test_a_dead_weak_proxy_and_raising_objects_in_the_heap_break_nothing() -> No
     assert len(heap) == 2
 
 
+class LazyProxy:
+    """Like Django's ``SimpleLazyObject``: any attribute read evaluates it (here: raises)."""
+
+    touched = False
+
+    def __getattr__(self, name: str) -> Any:
+        LazyProxy.touched = True
+        raise Injected(f"lazy object evaluated for {name}")
+
+    __call__ = staticmethod(time.sleep)  # a call into C: the stall is named after ``lazy``
+
+
+def test_a_stall_in_a_call_on_a_lazy_proxy_is_named_without_touching_it() -> None:
+    lazy = LazyProxy()
+
+    async def main() -> str:
+        await asyncio.sleep(0.02)
+        lazy(0.3)  # the culprit
+        await asyncio.sleep(0.02)
+        return "done"
+
+    watcher = unstall.watch(threshold=THRESHOLD, log=False)
+    try:
+        assert asyncio.run(main()) == "done"
+    finally:
+        watcher.stop()
+    (stall,) = [s for s in watcher.stalls if s.culprit and s.culprit.function == "main"]
+    assert stall.culprit is not None
+    assert stall.culprit.code == "lazy(0.3)  # the culprit"
+    assert stall.call == "lazy"
+    assert not LazyProxy.touched
+    assert watcher.report().notes == []
+
+
 # --- strict mode ---------------------------------------------------------------------------
 
 
