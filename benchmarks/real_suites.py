@@ -10,6 +10,7 @@ machine), and each mode's outcome counts.
     python benchmarks/real_suites.py                       # starlette and httpx, 3 rounds
     python benchmarks/real_suites.py --suites starlette --rounds 5 --out results/x.md
     python benchmarks/real_suites.py --suites fastapi --rounds 1 --extra=-x
+    python benchmarks/real_suites.py --own-network    # a private loopback (Linux, root)
 
 Needs the network to reach PyPI (``pip download``), and about 400 MB per suite.
 """
@@ -146,11 +147,14 @@ def prepare(suite: Suite, work: Path, python: str) -> tuple[Path, Path]:
 _COUNT = re.compile(r"(\d+) (passed|failed|errors?|skipped|xfailed|xpassed|deselected)")
 
 
-def run_once(py: Path, src: Path, args: list[str]) -> Run:
+def run_once(py: Path, src: Path, args: list[str], own_network: bool) -> Run:
+    command = [str(py), "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", *args]
+    if own_network:  # a private loopback: httpx's tests bind port 8000, which may be taken
+        command = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "-", *command]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.run(
-        [str(py), "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", *args],
+        command,
         cwd=src,
         capture_output=True,
         text=True,
@@ -175,14 +179,16 @@ def describe(outcome: dict[str, int]) -> str:
     return ", ".join(f"{n} {k}" for k, n in outcome.items()) or "?"
 
 
-def measure(suite: Suite, work: Path, python: str, rounds: int, extra: list[str]) -> str:
+def measure(
+    suite: Suite, work: Path, python: str, rounds: int, extra: list[str], own_network: bool
+) -> str:
     src, py = prepare(suite, work, python)
     modes = {"plain": [*suite.args, *extra], "--unstall": [*suite.args, "--unstall", *extra]}
     runs: dict[str, list[Run]] = {mode: [] for mode in modes}
     for i in range(rounds):
         order = list(modes) if i % 2 == 0 else list(reversed(modes))
         for mode in order:
-            run = run_once(py, src, modes[mode])
+            run = run_once(py, src, modes[mode], own_network)
             runs[mode].append(run)
             print(
                 f"{suite.name} {mode}: {run.wall_s:.1f} s wall, {run.cpu_s:.1f} s CPU, "
@@ -211,10 +217,16 @@ def main() -> None:
     parser.add_argument("--python", default=sys.executable, help="makes the venvs")
     parser.add_argument("--extra", action="append", default=[], help="more pytest arguments")
     parser.add_argument("--out", type=Path, help="also write the table to this file")
+    parser.add_argument(
+        "--own-network",
+        action="store_true",
+        help="run each suite in its own network namespace (Linux, root: `unshare -n`), so "
+        "that another process on the machine holding a port the tests bind cannot hang them",
+    )
     opts = parser.parse_args()
     opts.work.mkdir(parents=True, exist_ok=True)
     rows = [
-        measure(SUITES[name], opts.work, opts.python, opts.rounds, opts.extra)
+        measure(SUITES[name], opts.work, opts.python, opts.rounds, opts.extra, opts.own_network)
         for name in opts.suites.split(",")
     ]
     load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else []
