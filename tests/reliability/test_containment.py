@@ -366,4 +366,4 @@ def test_the_json_report_lists_what_was_lost(tmp_path: Path) -> None:
     assert proc.returncode == 3, proc.stderr
     notes = json.loads((tmp_path / "out.json").read_text())["notes"]
     assert any("watching stopped for loop" in n for n in notes), notes
-    assert "unstall: note: watching stopped for loop" in proc.stderr
+    assert "  note: watching stopped for loop" in proc.stderr
