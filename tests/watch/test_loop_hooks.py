@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import json
+import logging
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 import uvloop
 
+import unstall
+from helpers import run_python
 from unstall._watch import loop_hooks
 
 Seen = list[tuple[str, bool, str]]
@@ -64,6 +71,8 @@ def test_hand_made_loop_is_seen(seen: Seen) -> None:
 
 
 def test_a_failing_listener_does_not_break_the_loop(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="unstall")  # warned once per process, then DEBUG
+
     def broken(loop: asyncio.AbstractEventLoop, started: bool) -> None:
         raise RuntimeError("hook bug")
 
@@ -98,3 +107,78 @@ def test_running_loops_finds_a_loop_running_in_another_thread() -> None:
         thread.join()
         loop.close()
     assert all(found is not loop for found in loop_hooks.running_loops())
+
+
+def test_starting_a_watcher_never_walks_the_heap(monkeypatch: pytest.MonkeyPatch) -> None:
+    walks: list[int] = []
+    real = gc.get_objects
+
+    def counting(*args: Any) -> list[Any]:
+        walks.append(1)
+        return real(*args)
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="heap-walk-check")
+    thread.start()
+    monkeypatch.setattr(gc, "get_objects", counting)
+    try:
+        deadline = time.monotonic() + 10
+        while not loop.is_running():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        for _ in range(20):
+            with unstall.watch(threshold=0.1, log=False):
+                assert any(found is loop for found in loop_hooks.running_loops())
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()
+    assert walks == []
+
+
+EARLY_LOOP = """
+import asyncio, gc, json, threading, time, weakref
+
+class Thing:
+    pass
+
+thing = Thing()
+dead = weakref.proxy(thing)  # isinstance() on it raises ReferenceError once thing is gone
+del thing
+keep = [dead]
+
+loop = asyncio.new_event_loop()
+thread = threading.Thread(target=loop.run_forever, name="early")
+thread.start()
+while not loop.is_running():
+    time.sleep(0.01)
+
+def no_heap_walk(*args):
+    raise AssertionError("unstall walked the heap")
+
+gc.get_objects = no_heap_walk
+import unstall  # the hook comes after this loop started
+
+watcher = unstall.watch(threshold=0.1, log=False)
+
+async def block():
+    await asyncio.sleep(0.05)
+    time.sleep(0.3)
+
+asyncio.run_coroutine_threadsafe(block(), loop).result()
+time.sleep(0.05)
+watcher.stop()
+loop.call_soon_threadsafe(loop.stop)
+thread.join()
+print(json.dumps([[s.thread, s.call] for s in watcher.stalls]))
+"""
+
+
+def test_a_loop_running_before_unstall_was_imported_is_found_from_the_stacks(
+    tmp_path: Path,
+) -> None:
+    script = tmp_path / "early.py"
+    script.write_text(EARLY_LOOP)
+    proc = run_python([str(script)], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == [["early", "time.sleep"]]

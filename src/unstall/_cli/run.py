@@ -30,6 +30,7 @@ from typing import TextIO, TypeVar
 from unstall._cli import follow as _follow
 from unstall._cli.launch import LaunchError, Outcome, execute, is_launch_frame, prepare
 from unstall._report.format import should_color
+from unstall._report.incidents import contain, notes_since
 from unstall._report.parts import merge, read_parts, remove_run_dir
 from unstall._report.records import Report, Stall
 from unstall._report.summary import render_hang_line, render_summary
@@ -200,6 +201,8 @@ class Session:
                 raise UsageError(
                     f"cannot write --json {opts.json!r}: {exc.strerror or exc}"
                 ) from None
+            except Exception as exc:
+                contain("the --json writer", "the --json file is stale", exc)
         if opts.json:
             threading.Thread(target=self._json_loop, name="unstall-run-json", daemon=True).start()
 
@@ -263,10 +266,18 @@ class Session:
             self._json.write(report or self.report(), self.opts.json)
         except OSError as exc:
             _say(f"unstall run: cannot write {self.opts.json!r}: {exc.strerror or exc}")
+        except Exception as exc:
+            contain("the --json writer", "the --json file is stale", exc)
         finally:
             self._write_lock.release()
 
     def _json_loop(self) -> None:
+        try:
+            self._json_rewrites()
+        except Exception as exc:
+            contain("the --json rewriter", "the --json file is not rewritten during the run", exc)
+
+    def _json_rewrites(self) -> None:
         sizes: dict[str, int] = {}
         while not self._done:
             dirty = self._dirty.wait(1.0)
@@ -293,7 +304,11 @@ class Session:
         if self._run_dir is not None:
             _follow.end()
             remove_run_dir(self._run_dir)  # merged into the report: leave no file behind
-        _say(render_summary(report, color=self._color))
+        try:
+            _say(render_summary(report, color=self._color))
+        except Exception as exc:
+            lost = f"no summary ({len(report.stalls)} stalls)"
+            _say("unstall run: " + contain("the summary", lost, exc))
         if self.opts.json:
             self._write_json(report)
         for writer, path in self.opts.outputs():
@@ -312,7 +327,8 @@ class Session:
             _say(f"unstall run: stopping the watcher failed ({exc!r}); partial report")
         with self._lock:
             stalls = [*self.watcher.stalls, *self._ongoing.values()]
-        partial = Report(self.opts.threshold, stalls=stalls, argv=list(self.argv))
+        notes = notes_since(self._started_mono)
+        partial = Report(self.opts.threshold, stalls=stalls, argv=list(self.argv), notes=notes)
         partial.started_at = self._started_at
         return self._merged(partial)
 
@@ -449,10 +465,14 @@ def _flush_std() -> None:
             stream.flush()
 
 
-def _finish(session: Session, pid: int, outcome: list[Outcome]) -> None:
+def _finish(session: Session | None, pid: int, outcome: list[Outcome]) -> None:
     if os.getpid() != pid:
         return  # a forked child exiting normally: the report belongs to the parent
-    session.finish()
+    if session is not None:
+        try:
+            session.finish()
+        except Exception as exc:  # the program's exit status stays its own
+            contain("the report at exit", "the report is incomplete", exc)
     if outcome and outcome[0].interrupted:
         # python ends a program stopped by an uncaught KeyboardInterrupt with SIGINT itself
         signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -475,19 +495,28 @@ def main(argv: list[str]) -> int:
         return 0
     try:
         program = prepare(opts.script, opts.module)
-        session = Session(opts, [program.argv0, *opts.args])
     except SyntaxError as exc:  # as python reports it: no traceback, exit 1
         sys.excepthook(type(exc), exc.with_traceback(None), None)
         return 1
-    except (UsageError, LaunchError) as exc:
+    except LaunchError as exc:
         print(f"unstall run: {exc}", file=sys.stderr)
         return 2
+    try:
+        session: Session | None = Session(opts, [program.argv0, *opts.args])
+    except UsageError as exc:
+        print(f"unstall run: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # unstall's failure: the program still runs, as with python
+        contain("unstall run's start", "the program ran unwatched", exc)
+        session = None
     outcome: list[Outcome] = []
     atexit.register(_finish, session, os.getpid(), outcome)
-    if opts.follow:
+    if opts.follow and session is not None:
         try:
             session.follow_children()
         except OSError as exc:
             _say(f"unstall run: cannot follow child processes ({exc}); watching this one only")
+        except Exception as exc:
+            contain("following child processes", "child processes are not watched", exc)
     outcome.append(execute(program, opts.args))
     return outcome[0].status

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from unstall._plugin.baseline import Finding, finding
+from unstall._plugin.containment import contained
 from unstall._plugin.markers import Settings
 
 if TYPE_CHECKING:
@@ -47,6 +49,7 @@ class Guard:
     watcher: Watcher | None = None
     uninstall: object = None
     problems: list[Problem] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
 
     def on_blocking(self, error: BlockingCallError) -> bool | None:
         """Strict mode's sink: ``False`` lets a known (baselined) call go ahead."""
@@ -63,16 +66,21 @@ class Guard:
         return None
 
     def start_phase(self, phase: str) -> None:
-        from unstall._watch.watcher import watch
-
         self.phase = phase
         if self.settings.threshold is not None:
-            self.watcher = watch(threshold=self.settings.threshold, log=False)
+            with contained(f"the pytest plugin's {phase} start", "this phase was not watched"):
+                from unstall._watch.watcher import watch
+
+                self.watcher = watch(threshold=self.settings.threshold, log=False)
 
     def end_phase(self) -> None:
         watcher, self.watcher = self.watcher, None
         if watcher is None:
             return
+        with contained(f"the pytest plugin's {self.phase} end", "stalls of this phase were lost"):
+            self._collect(watcher)
+
+    def _collect(self, watcher: Watcher) -> None:
         watcher.stop()
         threshold = watcher.threshold
         stalls = [

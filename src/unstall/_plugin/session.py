@@ -6,12 +6,14 @@ and no warning's location of a run that did not ask for it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 
 import pytest
 
 from unstall._plugin.baseline import Baseline, BaselineError
+from unstall._plugin.containment import contained, notes_since
 from unstall._plugin.guard import Guard, Problem
 from unstall._plugin.markers import on_trio, settings_for
 from unstall._plugin.options import Defaults
@@ -31,6 +33,7 @@ class Session:
     def __init__(self, config: pytest.Config, defaults: Defaults) -> None:
         self.config = config
         self.defaults = defaults
+        self.since = time.monotonic()
         baseline = None
         if defaults.baseline is not None:
             try:
@@ -52,13 +55,14 @@ class Session:
             self.log.baseline.tests_run.add(item.nodeid)
         guard = Guard(item.nodeid, settings, self.log)
         if settings.strict:
-            from unstall._strict.api import strict
+            with contained("the pytest plugin's strict start", "strict mode was off for this test"):
+                from unstall._strict.api import strict
 
-            try:
-                policy = strict(action="raise", allow=settings.allow, _sink=guard.on_blocking)
-            except (TypeError, ValueError) as exc:
-                raise pytest.UsageError(f"{item.nodeid}: unstall strict mode: {exc}") from None
-            guard.uninstall = policy.install()
+                try:
+                    policy = strict(action="raise", allow=settings.allow, _sink=guard.on_blocking)
+                except (TypeError, ValueError) as exc:
+                    raise pytest.UsageError(f"{item.nodeid}: unstall strict mode: {exc}") from None
+                guard.uninstall = policy.install()
         item.stash[GUARD] = guard
         item.stash[FIRST_STALL] = len(self.log.stalls)
         return guard
@@ -66,7 +70,10 @@ class Session:
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None, None, None]:
         __tracebackhide__ = True
-        with _phase(self._start(item), "setup"):
+        guard = None
+        with contained("the pytest plugin's setup", "this test was not watched"):
+            guard = self._start(item)
+        with _phase(guard, "setup"):
             return (yield)
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -87,7 +94,8 @@ class Session:
                 return (yield)
         finally:
             if guard is not None and callable(guard.uninstall):
-                guard.uninstall()
+                with contained("the pytest plugin's strict stop", "strict mode may stay on"):
+                    guard.uninstall()
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(
@@ -95,20 +103,14 @@ class Session:
     ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
         guard = item.stash.get(GUARD, None)
         if guard is not None and call.excinfo is not None:
-            strip_own_frames(call.excinfo.value)
+            with contained("the pytest plugin's traceback cleanup", "unstall's frames may show"):
+                strip_own_frames(call.excinfo.value)
         report = yield
-        if guard is None:
-            return report
-        if call.when == "setup" and report.passed:
-            return report  # setup problems are reported with the test's call
-        # Teardown also takes what an interrupted run left (setup problems with no call).
-        phases = ("setup", "call") if call.when != "teardown" else ("setup", "call", "teardown")
-        raised = call.excinfo.value if call.excinfo is not None else None
-        problems = [p for p in guard.take(phases) if p.error is None or p.error is not raised]
-        if problems:
-            _attach(report, problems)
-        if call.when == "teardown" and hasattr(self.config, "workerinput"):
-            self._send_to_controller(item, report)
+        if guard is not None:
+            with contained("the pytest plugin's report", "a stall of this test may be unreported"):
+                _judge(guard, call, report)
+                if call.when == "teardown" and hasattr(self.config, "workerinput"):
+                    self._send_to_controller(item, report)
         return report
 
     def _send_to_controller(self, item: pytest.Item, report: pytest.TestReport) -> None:
@@ -135,10 +137,12 @@ class Session:
         baseline = self.log.baseline
         interrupted = exitstatus in (pytest.ExitCode.INTERRUPTED, pytest.ExitCode.USAGE_ERROR)
         if baseline is not None and baseline.writing and not interrupted:
-            baseline.save()
+            with contained("the pytest plugin's baseline", f"{baseline.path} was not written"):
+                baseline.save()
         if self.defaults.outputs:
             argv = ["pytest", *self.config.invocation_params.args]
-            self.messages += self.log.write_outputs(self.defaults.outputs, argv)
+            with contained("the pytest plugin's report files", "a report file was not written"):
+                self.messages += self.log.write_outputs(self.defaults.outputs, argv)
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         lines = self.log.summary_lines(
@@ -149,6 +153,11 @@ class Session:
             terminalreporter.write_sep("=", "unstall summary")
             for line in lines:
                 terminalreporter.write_line(line)
+        notes = notes_since(self.since)
+        if notes:
+            terminalreporter.write_sep("-", "unstall: notes")
+            for note in notes:
+                terminalreporter.write_line(f"unstall: note: {note}")
 
 
 @contextmanager
@@ -163,6 +172,22 @@ def _phase(guard: Guard | None, name: str) -> Iterator[None]:
         yield
     finally:
         guard.end_phase()
+
+
+def _judge(guard: Guard, call: pytest.CallInfo[None], report: pytest.TestReport) -> None:
+    """Fail or annotate ``report`` with the problems found in its phases."""
+    if call.when == "setup" and report.passed:
+        return  # setup problems are reported with the test's call
+    # Teardown also takes what an interrupted run left (setup problems with no call).
+    phases = ("setup", "call") if call.when != "teardown" else ("setup", "call", "teardown")
+    raised = call.excinfo.value if call.excinfo is not None else None
+    problems = [p for p in guard.take(phases) if p.error is None or p.error is not raised]
+    if problems:
+        _attach(report, problems)
+    if call.when == "teardown":
+        notes = notes_since(guard.started)
+        if notes:  # what unstall failed to watch in this test; the test's outcome is its own
+            report.sections.append(("unstall", "\n".join(notes)))
 
 
 def _attach(report: pytest.TestReport, problems: list[Problem]) -> None:

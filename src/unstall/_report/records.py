@@ -390,7 +390,10 @@ class Report:
     aggregated: list[Aggregate] = field(default_factory=list)
     """Stalls counted but not kept (past the watcher's ``max_records``), per culprit."""
     notes: list[str] = field(default_factory=list)
-    """Findings besides stalls, one line each (an offload pool that was full)."""
+    """Findings besides stalls, one line each: an offload pool that was full, and what
+    unstall itself failed to do (its own internal errors, contained so that the program
+    went on), e.g. "watching stopped for loop X: internal error in the probe, see the
+    unstall log"."""
 
     processes: list[ProcessInfo] = field(default_factory=list)
     """The processes ``unstall run`` watched, when it followed children (else empty)."""

@@ -164,7 +164,8 @@ def render_summary(
     Returns:
         The text, without a trailing newline. With no stalls it is a single line saying
         the loop never stalled above the threshold (or that no loop ran, when the report
-        lists no loop) and how long it was watched.
+        lists no loop) and how long it was watched. The report's notes follow, one
+        line each.
     """
     notes = [f"  note: {note}" for note in report.notes]
     if not report.stalls:

@@ -12,8 +12,10 @@ import sys
 import threading
 from asyncio import _get_running_loop
 from collections.abc import Callable
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
+from unstall._report.incidents import contain
 from unstall._strict import patch, report
 from unstall._strict.allow import (
     DEFAULT_ALLOW,
@@ -24,6 +26,9 @@ from unstall._strict.allow import (
 )
 from unstall._strict.report import Policy, build_error, describe, emit, site
 from unstall._strict.rules import AUDIT_RULES, PATCHES, THIRD_PARTY_PATCHES, Patch, Rule
+
+if TYPE_CHECKING:
+    from unstall._exceptions import BlockingCallError
 
 __all__ = ["Policy", "acquire", "add_process_policy", "release", "remove_process_policy", "scope"]
 
@@ -53,21 +58,44 @@ def _policy() -> Policy | None:
     return policy
 
 
-def _judge(rule: Rule, args: tuple[Any, ...], method: bool, policy: Policy) -> None:
-    """Report the call unless an allow-list covers it. Runs with ``_tls.depth`` set."""
+def _judge(
+    rule: Rule, args: tuple[Any, ...], kwargs: dict[str, Any], method: bool, policy: Policy
+) -> None:
+    """Report the call if it blocks, unless an allow-list covers it.
+
+    Runs with ``_tls.depth`` set. Strict mode's own errors are contained (the call goes
+    on unchecked); what :func:`emit` raises (``BlockingCallError``, a warning turned into
+    an error, the policy's sink) is the user's.
+    """
     __tracebackhide__ = True
-    if policy.allow.allows_call(rule.call):
+    try:
+        verdict = _verdict(rule, args, kwargs, method, policy, sys._getframe(1))
+    except Exception as exc:
+        contain(f"strict mode's check of {rule.call}", "a call went unchecked", exc)
         return
+    if verdict is not None:
+        emit(policy, *verdict)
+
+
+def _verdict(
+    rule: Rule,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    method: bool,
+    policy: Policy,
+    caller: FrameType,
+) -> tuple[BlockingCallError, FrameType | None] | None:
+    if not rule.blocks(args, kwargs) or policy.allow.allows_call(rule.call):
+        return None
     file = args[0] if method and rule.call.startswith("io.") else None
     if file is not None and file in policy.files:
-        return  # this file was reported already: its flush on close is the same I/O
-    frames = callback_frames(sys._getframe(1), _OWN_FILES)
+        return None  # this file was reported already: its flush on close is the same I/O
+    frames = callback_frames(caller, _OWN_FILES)
     if _DEFAULTS.allows_any(own_frames(frames)) or policy.allow.allows_any(frames):
-        return
+        return None
     if file is not None:
         _remember_file(policy, file)
-    error = build_error(rule, describe(rule, args, method), frames)
-    emit(policy, error, site(frames, rule))
+    return build_error(rule, describe(rule, args, method), frames), site(frames, rule)
 
 
 def _remember_file(policy: Policy, file: Any) -> None:
@@ -94,8 +122,7 @@ def _wrap(spec: Patch, original: Callable[..., Any]) -> Callable[..., Any]:
             return original(*args, **kwargs)
         _tls.depth = True
         try:
-            if rule.blocks(args, kwargs):
-                _judge(rule, args, method, policy)
+            _judge(rule, args, kwargs, method, policy)
             return original(*args, **kwargs)
         finally:
             _tls.depth = False
@@ -115,25 +142,32 @@ def _audit_hook(event: str, args: tuple[Any, ...]) -> None:
         return
     _tls.depth = True
     try:
-        if rule.blocks(args, {}):
-            _judge(rule, args, False, policy)
+        _judge(rule, args, {}, False, policy)
     finally:
         _tls.depth = False
 
 
 def acquire() -> None:
-    global _users, _active, _hook_added
+    global _users
     with _state_lock:
         _users += 1
         if _users > 1:
             return
-        if not _hook_added:
-            sys.addaudithook(_audit_hook)  # permanent by design: audit hooks cannot be removed
-            _hook_added = True
-        patches = [p for p in PATCHES if not (p.rule.call == "time.sleep" and _SLEEP_AUDITED)]
-        _applied.extend(patch.apply(patches, _wrap))
-        _applied.extend(patch.apply(THIRD_PARTY_PATCHES, _wrap, third_party=True))
-        _active = True
+        try:
+            _start()
+        except Exception as exc:
+            contain("strict mode's start", "blocking calls may go unchecked", exc)
+
+
+def _start() -> None:
+    global _active, _hook_added
+    if not _hook_added:
+        sys.addaudithook(_audit_hook)  # permanent by design: audit hooks cannot be removed
+        _hook_added = True
+    patches = [p for p in PATCHES if not (p.rule.call == "time.sleep" and _SLEEP_AUDITED)]
+    _applied.extend(patch.apply(patches, _wrap))
+    _applied.extend(patch.apply(THIRD_PARTY_PATCHES, _wrap, third_party=True))
+    _active = True
 
 
 def release() -> None:
@@ -143,7 +177,10 @@ def release() -> None:
         if _users > 0:
             return
         _active = False
-        patch.restore(_applied)
+        try:
+            patch.restore(_applied)
+        except Exception as exc:  # a wrapper left in place only forwards: no policy is set
+            contain("strict mode's stop", "some functions stay wrapped (inactive)", exc)
         _applied.clear()
 
 

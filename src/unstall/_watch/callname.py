@@ -15,6 +15,7 @@ import dis
 import inspect
 import linecache
 import types
+import weakref
 from functools import lru_cache
 from typing import Any
 
@@ -142,10 +143,31 @@ def resolve(path: tuple[str, ...], frame: types.FrameType) -> str:
     return _member_name(owner, path[-1])
 
 
+def _plain(obj: Any) -> bool:
+    """Whether reading ``obj``'s attributes runs none of its own code.
+
+    The user's objects are looked at from the watchdog thread: a lazy proxy (Django's
+    ``SimpleLazyObject``) would be evaluated there, a dead ``weakref.proxy`` raises.
+    ``type()`` never runs an object's code; ``isinstance`` may (``__class__``).
+    """
+    kind = type(obj)
+    if issubclass(kind, type | types.ModuleType):
+        return True
+    if issubclass(kind, weakref.ProxyTypes):
+        return False
+    # C attribute lookup (a slot wrapper), no Python __getattribute__ or __getattr__
+    getattribute = inspect.getattr_static(kind, "__getattribute__", None)
+    return isinstance(getattribute, types.WrapperDescriptorType) and not hasattr(
+        kind, "__getattr__"
+    )
+
+
 def _member_name(owner: Any, attr: str) -> str:
-    if isinstance(owner, types.ModuleType):
+    kind = type(owner)
+    if issubclass(kind, types.ModuleType) and _plain(owner):
         return f"{owner.__name__}.{attr}"
-    kind = owner if isinstance(owner, type) else type(owner)
+    if issubclass(kind, type):
+        kind = owner
     if attr == "__enter__" and hasattr(kind, "acquire"):
         attr = "acquire"
     base = f"{kind.__module__}.{kind.__qualname__}"
@@ -154,10 +176,12 @@ def _member_name(owner: Any, attr: str) -> str:
 
 def qualified_name(obj: Any) -> str | None:
     """``module.qualname`` of a function, class or builtin, ``None`` when it has none."""
+    if not _plain(obj):
+        return None
     try:
         qual = obj.__qualname__
         module = obj.__module__
-    except AttributeError:
+    except Exception:
         return None
     if not isinstance(qual, str):
         return None

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from unstall._report import feed
+from unstall._report.incidents import contain
 from unstall._report.records import LoopInfo
 from unstall._watch.threadclock import ThreadClock
 
@@ -113,6 +114,8 @@ class LoopProbe:
         """The watchdog's last look at the loop thread's CPU seconds: ``(when, cpu)``."""
         self.signalled = False
         """A main-thread loop watched with the timer signal too (:mod:`unstall._watch.interrupt`)."""
+        self.failed = False
+        """An internal error stopped this probe: the loop runs on unwatched."""
 
     @staticmethod
     def beat_interval(threshold: float) -> float:
@@ -139,7 +142,7 @@ class LoopProbe:
 
     def start(self, mid_iteration: bool) -> None:
         """The loop starts running (or is running and now watched); call in its thread."""
-        if self.running:
+        if self.running or self.failed:
             return
         self.running = True
         if self.exact and not self._wrapped:
@@ -201,27 +204,33 @@ class LoopProbe:
         monotonic = _monotonic
 
         # The hot path: one call per loop iteration. An iteration runs from select()
-        # returning to select() being called again.
+        # returning to select() being called again. The probe's own errors stay here.
         def select(timeout: float | None = None) -> Any:
-            now = monotonic()
-            start = probe.busy_since
-            if start is not None and now - start >= probe.trigger:
-                probe.boundary(start, now)
+            try:
+                now = monotonic()
+                start = probe.busy_since
+                if start is not None and now - start >= probe.trigger:
+                    probe.boundary(start, now)
+                # Callbacks ready (timeout 0): select returns at once, the next iteration
+                # begins now (one clock read per busy iteration instead of two).
+                probe.busy_since = now if timeout == 0 else None
+            except Exception as exc:
+                probe.fail(exc)
             if timeout == 0:
-                # Callbacks are ready: select returns at once, the next iteration begins
-                # now (one clock read per busy iteration instead of two).
-                probe.busy_since = now
                 return original(0)
-            probe.busy_since = None
             try:
                 return original(timeout)
             finally:
-                probe.busy_since = now = monotonic()
-                # A reading at the start of the iteration, when asked or due: one is needed
-                # close before any iteration that turns out long (see starvation), and
-                # the loop takes it itself, whether or not the watchdog got to ask.
-                if probe.trigger < 0 or now >= probe.read_due:
-                    probe.boundary(now, now)
+                try:
+                    probe.busy_since = now = monotonic()
+                    # A reading at the start of the iteration, when asked or due: one is
+                    # needed close before any iteration that turns out long (see
+                    # starvation), and the loop takes it itself, whether or not the
+                    # watchdog got to ask.
+                    if probe.trigger < 0 or now >= probe.read_due:
+                        probe.boundary(now, now)
+                except Exception as exc:
+                    probe.fail(exc)
 
         select.__wrapped__ = original  # type: ignore[attr-defined]
         selector.select = select
@@ -241,7 +250,25 @@ class LoopProbe:
             self._handle = None
         self.running = False
 
+    def fail(self, exc: BaseException) -> None:
+        """An internal error in the loop thread: stop probing, let the loop run on."""
+        if self.failed:
+            return
+        self.failed = True
+        contain("the loop probe", f"watching stopped for loop {self.id}", exc)
+        with contextlib.suppress(Exception):
+            self.unwrap()
+        with contextlib.suppress(Exception):
+            self.cancel_beat()
+
     def _beat(self) -> None:
+        try:
+            self._beat_once()
+        except Exception as exc:  # a callback on the user's loop: nothing may escape
+            self._handle = None
+            self.fail(exc)
+
+    def _beat_once(self) -> None:
         if not self.running:  # stopped or forgotten meanwhile: let the heartbeat die
             self._handle = None
             return

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -20,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from unstall._report import feed
+from unstall._report.incidents import contain
 from unstall._report.records import LoopInfo, Stall
 from unstall._watch import faultdump, gcwatch, interrupt, loop_hooks, witness
 from unstall._watch.attribution import CPU_RATIO, LoopMeta, build_stall, split_by_callback
@@ -42,6 +44,7 @@ and under what a computing thread gets on a crowded machine (a dozen runnable th
 per CPU)."""
 GC_SHARE = 0.5
 """A stall is of kind ``gc`` when garbage collection took at least this share of it."""
+LINGER_S = 2.0
 
 
 @dataclass
@@ -99,13 +102,20 @@ class Monitor:
         self._retired: deque[tuple[int, LoopProbe]] = deque(maxlen=256)
         self._tracks: dict[int, _Track] = {}
         self._thread: threading.Thread | None = None
-        self._stop_event = threading.Event()
+        self._polling = threading.RLock()
+        """Held by the watchdog while it polls and delivers."""
         self.threshold = 0.1
         # When the watchdog held the GIL (its polls): the loop may have waited for it.
         self._polls: deque[tuple[float, float]] = deque(maxlen=512)
         self._due = 0.0
         self._woke_late = 0.0
         self._last_poll = 0.0
+
+    def after_fork(self) -> None:
+        """In a forked child: the watchdog thread did not come along, nor did its locks."""
+        self._thread = None
+        self._lock = threading.RLock()
+        self._polling = threading.RLock()
 
     # -- watchers ------------------------------------------------------------------------
 
@@ -117,41 +127,50 @@ class Monitor:
             self._retune()
             loop_hooks.set_listener(self._on_loop)
             if self._thread is None:
-                self._stop_event = threading.Event()
                 self._thread = threading.Thread(
-                    target=self._run, args=(self._stop_event,), name="unstall-watchdog", daemon=True
+                    target=self._run, name="unstall-watchdog", daemon=True
                 )
                 self._thread.start()
         target = watcher.loop
-        if target is None:
-            for loop in loop_hooks.running_loops():
+        for loop in loop_hooks.running_loops() if target is None else [target]:
+            try:
                 self._attach_running(loop)
-        else:
-            self._attach_running(target)
+            except Exception as exc:
+                contain("attaching to a running loop", "a loop running already is not watched", exc)
 
     def remove(self, watcher: Subscription) -> None:
-        """Finish what is pending for ``watcher`` and stop watching for it."""
+        """Finish what is pending for ``watcher`` and stop watching for it.
+
+        When it returns, nothing more is delivered to ``watcher`` (unless called from the
+        watchdog thread itself, by a listener).
+        """
         self.flush(final_for=watcher)
-        thread = None
         with self._lock:
             if watcher in self._watchers:
                 self._watchers.remove(watcher)
             self._retune()
             for key, probe in list(self._probes.items()):
                 if not self._wanted(probe.loop):
-                    self._detach(probe)
                     del self._probes[key]
                     self._tracks.pop(key, None)
+                    try:
+                        self._detach(probe)
+                    except Exception as exc:
+                        contain("releasing a loop", f"loop {probe.id} may still be probed", exc)
             if not self._watchers:
                 loop_hooks.set_listener(None)
                 gcwatch.uninstall()
                 interrupt.detach()
-                thread, self._thread = self._thread, None
-                self._stop_event.set()
+            thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            thread.join()
-        if thread is not None:
-            faultdump.disarm()
+            with self._polling:  # a poll under way delivers before we return
+                pass
+        with self._lock:
+            if not self._watchers:
+                try:
+                    faultdump.disarm()
+                except Exception as exc:
+                    contain("the fault dump timer", "a stray stack dump may follow", exc)
 
     def forget_after_fork(self) -> None:
         """In a forked child: drop the parent's watchers, loops and watchdog thread.
@@ -169,7 +188,6 @@ class Monitor:
         self._retired.clear()
         self._tracks = {}
         self._thread = None
-        self._stop_event = threading.Event()
         self._polls.clear()
         loop_hooks.set_listener(None)
         faultdump.forget_after_fork()
@@ -194,7 +212,14 @@ class Monitor:
             self._start_probe(loop, mid_iteration=True)
         elif loop.is_running():
             with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(self._start_probe, loop, True)
+                loop.call_soon_threadsafe(self._start_probe_contained, loop)
+
+    def _start_probe_contained(self, loop: asyncio.AbstractEventLoop) -> None:
+        """A callback on the user's loop: whatever goes wrong stays here."""
+        try:
+            self._start_probe(loop, mid_iteration=True)
+        except Exception as exc:
+            contain("the loop probe's start", "a loop running already is not watched", exc)
 
     def _on_loop(self, loop: asyncio.AbstractEventLoop, started: bool) -> None:
         if started:
@@ -276,24 +301,45 @@ class Monitor:
 
     # -- the watchdog --------------------------------------------------------------------
 
-    def _run(self, stop: threading.Event) -> None:
+    def _run(self) -> None:
         interrupt.block_here()
         self._due = _monotonic()
-        while not stop.is_set():
+        idle_since: float | None = None
+        while True:
+            if self._watchers:
+                idle_since = None
+            elif idle_since is None:
+                idle_since = _monotonic()
+            elif _monotonic() - idle_since >= LINGER_S and self._retire_thread():
+                return
             began = _monotonic()
             # How long waking up took the watchdog: a loop thread it made give up the GIL
             # slept meanwhile (a handoff the loop's code did not ask for).
             self._woke_late = max(began - self._due, 0.0)
-            try:
-                sampling = self.poll()
-            except BaseException:  # no bug may end the one watchdog of the process
-                _log.exception("unstall: watchdog error")
-                sampling = False
+            with self._polling:
+                try:
+                    sampling = self.poll()
+                except BaseException as exc:  # no bug may end the one watchdog of the process
+                    contain("the watchdog", "stalls may be missing", exc)
+                    sampling = False
             self._polls.append((began, _monotonic()))
             self._last_poll = began
             pause = SAMPLE_EVERY_S if sampling else min(self.threshold / 4, 0.025)
             self._due = _monotonic() + pause
-            stop.wait(pause)
+            time.sleep(pause)
+
+    def _retire_thread(self) -> bool:
+        """End the watchdog thread if still no watcher; the next ``add()`` starts one.
+
+        It waits ``LINGER_S`` first (polling, which costs nothing with no loop to look at):
+        a test suite watches each test phase in turn, and a watcher must not cost a thread
+        start and join, nor a wake-up signal to a sleeping thread.
+        """
+        with self._lock:
+            if self._watchers:
+                return False
+            self._thread = None
+            return True
 
     def _held(self, start: float, end: float) -> float:
         """Seconds within ``[start, end]`` the watchdog spent polling, holding the GIL."""
@@ -317,11 +363,22 @@ class Monitor:
                 interrupt.arm(now, self.threshold)
             self._merge_witness()
             for key, probe in list(self._probes.items()):
-                sampling = self._poll_probe(key, probe, now, deliveries) or sampling
-                if probe.retiring and not probe.running and not probe.finished:
-                    self._retire(key, probe)
+                try:
+                    sampling = self._poll_probe(key, probe, now, deliveries) or sampling
+                    if probe.retiring and not probe.running and not probe.finished:
+                        self._retire(key, probe)
+                except Exception as exc:
+                    self._drop(key, probe, exc)
         self._deliver(deliveries)
         return sampling
+
+    def _drop(self, key: int, probe: LoopProbe, exc: Exception) -> None:
+        """Stop watching one loop after an internal error about it; the others go on."""
+        contain("the watchdog", f"watching stopped for loop {probe.id}", exc)
+        with contextlib.suppress(Exception):
+            self._detach(probe)
+        self._probes.pop(key, None)
+        self._tracks.pop(key, None)
 
     def flush(self, final_for: Subscription | None = None) -> None:
         """Turn every finished iteration into stalls now (used by ``Watcher.stop``).
@@ -335,16 +392,19 @@ class Monitor:
             now = _monotonic()
             me = threading.get_ident()
             for key, probe in list(self._probes.items()):
-                if (
-                    final_for is not None
-                    and probe.thread_id == me
-                    and probe.running
-                    and final_for.wants(probe.loop)
-                ):
-                    probe.cut(now)
-                self._poll_probe(key, probe, now, deliveries, sample=False)
-                if probe.retiring and not probe.running and not probe.finished:
-                    self._retire(key, probe)
+                try:
+                    if (
+                        final_for is not None
+                        and probe.thread_id == me
+                        and probe.running
+                        and final_for.wants(probe.loop)
+                    ):
+                        probe.cut(now)
+                    self._poll_probe(key, probe, now, deliveries, sample=False)
+                    if probe.retiring and not probe.running and not probe.finished:
+                        self._retire(key, probe)
+                except Exception as exc:
+                    self._drop(key, probe, exc)
         self._deliver(deliveries)
 
     def _poll_probe(
@@ -522,8 +582,8 @@ class Monitor:
         for fn, stall in deliveries:
             try:
                 fn(stall)
-            except BaseException:  # one failing delivery must not cost the others
-                _log.exception("unstall: delivering a stall failed")
+            except BaseException as exc:  # one failing delivery must not cost the others
+                contain("delivering a stall", "a stall may be missing", exc)
 
 
 def _with_gc(stall: Stall, thread_id: int, start: float, end: float) -> Stall:
@@ -547,3 +607,5 @@ def _emit(stall: Stall) -> None:
 
 
 monitor = Monitor()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=monitor.after_fork)

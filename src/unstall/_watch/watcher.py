@@ -12,6 +12,7 @@ from types import TracebackType
 
 from unstall._offload.capacity import wait_marks, wait_notes
 from unstall._report.format import format_duration
+from unstall._report.incidents import contain, notes_since
 from unstall._report.records import Aggregate, LoopInfo, Report, Stall
 from unstall._util import _is_async_callable
 from unstall._watch import context as _context
@@ -82,13 +83,24 @@ class Watcher:
         self._subscription.on_loop = on_loop  # unstall run's children record their loops
 
     def _start(self) -> Watcher:
-        _context.register(self._providers)
         try:
+            _context.register(self._providers)
             monitor.add(self._subscription)
-        except BaseException:
-            _context.unregister(self._providers)
-            raise
+        except Exception as exc:
+            contain("the watcher's start", "watching did not start", exc)
+            self._give_up()
         return self
+
+    def _give_up(self) -> None:
+        """After an internal error: release what was taken; the watcher is stopped."""
+        try:
+            monitor.remove(self._subscription)
+            _context.unregister(self._providers)
+        except Exception as exc:
+            contain("the watcher's stop", "the watcher may not have let go of a loop", exc)
+        with self._lock:
+            if self._stopped_t is None:
+                self._stopped_t = time.monotonic()
 
     # -- handed to the watchdog -----------------------------------------------------------
 
@@ -140,22 +152,25 @@ class Watcher:
 
         Idempotent. A stall still going on in the calling thread's loop (the callback
         calling ``stop()`` has blocked for longer than the threshold) is closed and
-        reported. Joins the watchdog thread when no other watcher remains.
+        reported. Once it returns, no more stalls reach this watcher.
         """
         with self._lock:
             if self._stopped_t is not None:
                 return
+        self._snapshot_loops()
         try:
-            self._snapshot_loops()
+            monitor.remove(self._subscription)
+        except Exception as exc:
+            contain("the watcher's stop", "stalls of the last moments may be missing", exc)
         finally:
+            with self._lock:
+                self._stopped_t = time.monotonic()
             try:
-                monitor.remove(self._subscription)
-            finally:
-                with self._lock:
-                    self._stopped_t = time.monotonic()
                 _context.unregister(self._providers)
                 if self._log is not None:
                     self._log.flush()
+            except Exception as exc:
+                contain("the watcher's stop", "a log line may be missing", exc)
 
     def pause(self) -> None:
         """Stop reporting stalls until :meth:`resume`; what was found stays.
@@ -180,10 +195,14 @@ class Watcher:
         return self._stopped_t is None
 
     def _snapshot_loops(self) -> None:
-        self._loops = monitor.loops_for(self._subscription)
+        try:
+            self._loops = monitor.loops_for(self._subscription)
+        except Exception as exc:
+            contain("the watcher's report", "the loops' lag is missing", exc)
 
     def report(self) -> Report:
-        """Everything seen so far: the stalls, and each loop's lag over time."""
+        """Everything seen so far: the stalls, each loop's lag over time, and notes on what
+        unstall failed to watch (its own errors, which never reach the watched code)."""
         if self._stopped_t is None:
             self._snapshot_loops()
         end = self._stopped_t if self._stopped_t is not None else time.monotonic()
@@ -201,7 +220,7 @@ class Watcher:
             loops=list(self._loops),
             started_at=self._started_at,
             duration_s=end - self._t0,
-            notes=wait_notes(self._pool_marks),
+            notes=[*wait_notes(self._pool_marks), *notes_since(self._t0, self._stopped_t)],
         )
 
     def __enter__(self) -> Watcher:
@@ -273,7 +292,9 @@ def watch(
             how many were dropped.
 
     Returns:
-        The running :class:`Watcher`.
+        The running :class:`Watcher`. unstall's own failures never reach the caller nor the
+        watched loops: they are logged to the ``unstall`` logger and listed in
+        :attr:`Report.notes` (a watcher that could not start is returned stopped).
 
     Raises:
         TypeError: ``loop`` is not an event loop, ``threshold`` not a number, or a
