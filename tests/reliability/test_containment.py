@@ -260,9 +260,9 @@ PLUGIN_STEPS = [
     ("unstall._watch.watchdog:Monitor.remove", "stalls of the last moments may be missing"),
     ("unstall._watch.probe:LoopProbe.start", "a loop that started is not watched"),
     ("unstall._watch.watchdog:Monitor._poll_probe", "watching stopped for loop"),
-    ("unstall._pytest_plugin:_distinct", "stalls of this phase were lost"),
-    ("unstall._pytest_plugin:_judge", "a stall of this test may be unreported"),
-    ("unstall._pytest_plugin:_start", "this test was not watched"),
+    ("unstall._plugin.guard:distinct", "stalls of this phase were lost"),
+    ("unstall._plugin.session:_judge", "a stall of this test may be unreported"),
+    ("unstall._plugin.session:Session._start", "this test was not watched"),
     ("unstall._strict.check:_start", "blocking calls may go unchecked"),
     ("unstall._strict.api:strict.install", "strict mode was off for this test"),
 ]
