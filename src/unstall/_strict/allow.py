@@ -18,17 +18,21 @@ on their own behalf, never on behalf of your code that they happen to run.
 from __future__ import annotations
 
 import fnmatch
+import logging
 import os
 import sysconfig
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 from types import FrameType
 
 __all__ = [
     "DEFAULT_ALLOW",
     "DEFAULT_EXCEPT",
+    "ENTRY_POINT_GROUP",
     "AllowList",
     "callback_frames",
+    "declared_by_libraries",
     "is_installed",
     "is_stdlib",
     "own_frames",
@@ -47,6 +51,8 @@ DEFAULT_ALLOW: tuple[str, ...] = (
     "zipimport",
     "linecache",  # tracebacks and warnings read source lines
     "tokenize",
+    "inspect",  # source lookups (getsourcefile stats a file; linecache caches the text)
+    "mimetypes",  # reads the system's type maps once, on first use, and caches them
     "_pytest",  # pytest internals: capture, assertion rewriting, logging plugin
     "pluggy",
     "pytest_asyncio",
@@ -56,6 +62,35 @@ DEFAULT_ALLOW: tuple[str, ...] = (
 # Parts of the allowed packages that do file I/O a test asks for, not on their own behalf:
 # py.path's ``tmpdir.write()``/``.read()`` live in ``_pytest._py``.
 DEFAULT_EXCEPT: tuple[str, ...] = ("_pytest._py",)
+
+ENTRY_POINT_GROUP = "unstall.allow"
+_log = logging.getLogger("unstall.strict")
+_declared: tuple[str, ...] | None = None
+
+
+def declared_by_libraries() -> tuple[str, ...]:
+    """Allow-list entries installed libraries declare (read once per process).
+
+    A library lists, under the ``unstall.allow`` entry point group, an object that is a
+    list of entries or a function returning one, for the calls it makes on purpose (a
+    cached, once-per-process lookup, say), as armeria does for BlockHound. An entry point
+    that fails to load or gives something else is logged and skipped.
+    """
+    global _declared
+    if _declared is None:
+        found: list[str] = []
+        for point in entry_points(group=ENTRY_POINT_GROUP):
+            try:
+                value = point.load()
+                entries = value() if callable(value) else value
+                if isinstance(entries, str) or not all(isinstance(e, str) for e in entries):
+                    raise TypeError("not a list of strings")
+                found.extend(entries)
+            except Exception as exc:
+                _log.warning("unstall.strict: skipping allow entry point %s: %s", point.name, exc)
+        _declared = tuple(found)
+    return _declared
+
 
 _GLOB_CHARS = frozenset("/*?[\\")
 _SITE_DIRS = tuple(

@@ -44,6 +44,10 @@ P = ParamSpec("P")
 R = TypeVar("R")
 Action = Literal["raise", "warn", "log"]
 ACTIONS: tuple[str, ...] = ("raise", "warn", "log")
+Level = Literal["costly", "all"]
+LEVELS: tuple[str, ...] = ("costly", "all")
+Only = Literal["all", "project"]
+ONLY: tuple[str, ...] = ("all", "project")
 
 
 def covered_calls() -> list[str]:
@@ -61,15 +65,27 @@ def _check_action(action: str) -> str:
     return action
 
 
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"strict: {name} must be one of {', '.join(choices)}; got {value!r}")
+    return value
+
+
+def _check_budget(budget: object) -> float:
+    if isinstance(budget, bool) or not isinstance(budget, int | float) or not budget > 0:
+        raise ValueError(f"strict: budget must be a positive number of seconds, got {budget!r}")
+    return float(budget)
+
+
 def _compile_allow(allow: Iterable[str] | str) -> AllowList:
     if isinstance(allow, str):
         raise TypeError(f"strict: allow must be a list of strings, not the string {allow!r}")
     if not isinstance(allow, Iterable):
         raise TypeError(f"strict: allow must be a list of strings, not {type(allow).__name__}")
-    from unstall._strict.allow import AllowList
+    from unstall._strict.allow import AllowList, declared_by_libraries
     from unstall._strict.config import project_config
 
-    return AllowList.compile([*project_config().strict_allow, *allow])
+    return AllowList.compile([*project_config().strict_allow, *declared_by_libraries(), *allow])
 
 
 class strict:  # lowercase: it reads as a function at the call site
@@ -85,11 +101,22 @@ class strict:  # lowercase: it reads as a function at the call site
             it runs; ``"warn"`` emits a :class:`BlockingCallWarning` at the caller's line;
             ``"log"`` logs a warning on the ``unstall.strict`` logger.
         allow: Allow-list entries (call names, modules, qualified functions, file globs),
-            added to ``strict_allow`` from ``[tool.unstall]`` in pyproject.toml and to the
-            built-in list (imports, asyncio, pytest and unstall internals).
+            added to ``strict_allow`` from ``[tool.unstall]`` in pyproject.toml, to what
+            installed libraries declare under the ``unstall.allow`` entry point, and to
+            the built-in list (imports, asyncio, pytest and unstall internals).
+        level: ``"costly"`` (default): a call that is cheap by nature (metadata of a local
+            file such as ``os.stat`` or ``os.path.exists``, a read of at most 64 KiB) is
+            timed; within ``budget`` it is reported once per call site as a
+            :class:`BlockingCallWarning`, past it as any blocking call. ``"all"``: every
+            known blocking call is reported alike.
+        budget: Seconds a cheap call may take before it counts as blocking (default 1 ms).
+        only: ``"all"`` (default), or ``"project"`` to report only calls your own code
+            makes (the innermost frame outside the standard library is not an installed
+            package), leaving out what dependencies do on their own.
 
     Raises:
-        ValueError: unknown ``action``, empty allow entry, or a broken ``[tool.unstall]``.
+        ValueError: unknown ``action``, ``level`` or ``only``, a ``budget`` that is not a
+            positive number, an empty allow entry, or a broken ``[tool.unstall]``.
         TypeError: ``allow`` is not a list of strings.
 
     Cancellation: a decorated coroutine is cancelled like the undecorated one; strict mode
@@ -101,11 +128,21 @@ class strict:  # lowercase: it reads as a function at the call site
         *,
         action: Action = "raise",
         allow: Iterable[str] = (),
+        level: Level = "costly",
+        budget: float = 0.001,
+        only: Only = "all",
         _sink: Callable[[BlockingCallError], bool | None] | None = None,
     ) -> None:
         from unstall._strict.report import Policy  # the engine loads on first use
 
-        self._policy = Policy(_check_action(action), _compile_allow(allow), _sink)
+        self._policy = Policy(
+            _check_action(action),
+            _compile_allow(allow),
+            _sink,
+            level=_check_choice("level", level, LEVELS),
+            budget_s=_check_budget(budget),
+            project_only=_check_choice("only", only, ONLY) == "project",
+        )
         self._entered: list[_Scope] = []
 
     def __repr__(self) -> str:

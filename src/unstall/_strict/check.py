@@ -10,6 +10,7 @@ import contextvars
 import functools
 import sys
 import threading
+import time
 from asyncio import _get_running_loop
 from collections.abc import Callable
 from types import FrameType
@@ -22,9 +23,11 @@ from unstall._strict.allow import (
     DEFAULT_EXCEPT,
     AllowList,
     callback_frames,
+    is_installed,
+    is_stdlib,
     own_frames,
 )
-from unstall._strict.report import Policy, build_error, describe, emit, site
+from unstall._strict.report import Policy, build_error, describe, emit, emit_minor, site
 from unstall._strict.rules import AUDIT_RULES, PATCHES, THIRD_PARTY_PATCHES, Patch, Rule
 
 if TYPE_CHECKING:
@@ -56,6 +59,27 @@ def _policy() -> Policy | None:
         installed = _process
         return installed[-1] if installed else None
     return policy
+
+
+def _frames(rule: Rule, policy: Policy, caller: FrameType) -> list[FrameType] | None:
+    """The callback's frames, innermost first; ``None`` when the call is let through."""
+    if policy.allow.allows_call(rule.call):
+        return None
+    frames = callback_frames(caller, _OWN_FILES)
+    if _DEFAULTS.allows_any(own_frames(frames)) or policy.allow.allows_any(frames):
+        return None
+    if policy.project_only and not _made_by_project(frames):
+        return None
+    return frames
+
+
+def _made_by_project(frames: list[FrameType]) -> bool:
+    """The innermost frame outside the standard library is not an installed package's."""
+    for frame in frames:
+        filename = frame.f_code.co_filename
+        if not is_stdlib(filename):
+            return not is_installed(filename)
+    return False
 
 
 def _judge(
@@ -90,8 +114,8 @@ def _verdict(
     file = args[0] if method and rule.call.startswith("io.") else None
     if file is not None and file in policy.files:
         return None  # this file was reported already: its flush on close is the same I/O
-    frames = callback_frames(caller, _OWN_FILES)
-    if _DEFAULTS.allows_any(own_frames(frames)) or policy.allow.allows_any(frames):
+    frames = _frames(rule, policy, caller)
+    if frames is None:
         return None
     if file is not None:
         _remember_file(policy, file)
@@ -108,6 +132,48 @@ def _remember_file(policy: Policy, file: Any) -> None:
         file = getattr(file, "buffer", None) or getattr(file, "raw", None)
 
 
+def _cheap(
+    rule: Rule,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    method: bool,
+    policy: Policy,
+    original: Callable[..., Any],
+) -> Any:
+    """Run a call of a minor rule, timed: over the budget it is reported as any blocking
+    call (after it ran); within it, a warning once per call site."""
+    __tracebackhide__ = True
+    try:
+        frames = _frames(rule, policy, sys._getframe(1))
+    except Exception as exc:
+        contain(f"strict mode's check of {rule.call}", "a call went unchecked", exc)
+        frames = None
+    if frames is None:
+        return original(*args, **kwargs)
+    started = time.perf_counter()
+    try:
+        return original(*args, **kwargs)
+    finally:  # also when it raised (os.path.exists of a missing file)
+        _report_cheap(rule, args, method, policy, frames, time.perf_counter() - started)
+
+
+def _report_cheap(
+    rule: Rule,
+    args: tuple[Any, ...],
+    method: bool,
+    policy: Policy,
+    frames: list[FrameType],
+    took: float,
+) -> None:
+    __tracebackhide__ = True
+    shown = describe(rule, args, method)
+    if took > policy.budget_s:
+        shown += f", which took {took * 1e3:.1f} ms (over the {policy.budget_s * 1e3:g} ms budget)"
+        emit(policy, build_error(rule, shown, frames), site(frames, rule))
+    else:
+        emit_minor(policy, build_error(rule, shown, frames), site(frames, rule), took)
+
+
 def _wrap(spec: Patch, original: Callable[..., Any]) -> Callable[..., Any]:
     rule = spec.rule
     method = ":" in spec.owner
@@ -122,6 +188,13 @@ def _wrap(spec: Patch, original: Callable[..., Any]) -> Callable[..., Any]:
             return original(*args, **kwargs)
         _tls.depth = True
         try:
+            if (
+                rule.minor is not None
+                and policy.level != "all"
+                and rule.blocks(args, kwargs)
+                and rule.minor(args, kwargs)
+            ):
+                return _cheap(rule, args, kwargs, method, policy, original)
             _judge(rule, args, kwargs, method, policy)
             return original(*args, **kwargs)
         finally:

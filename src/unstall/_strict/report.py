@@ -31,12 +31,22 @@ class Policy:
     A sink that returns ``False`` takes the report over: the action is not taken and the
     call goes ahead. ``files`` holds the file objects already reported under this policy,
     so that one file is reported once (its ``write``, not the ``flush`` on close too).
+
+    ``level`` is ``"costly"`` (cheap calls of a minor rule warn once per call site unless
+    they take longer than ``budget_s``) or ``"all"`` (every known call is reported alike);
+    ``project_only`` reports only calls made by the project's own code (the innermost frame
+    outside the standard library is not an installed package).
     """
 
     action: str
     allow: AllowList
     sink: Callable[[BlockingCallError], bool | None] | None = None
     files: weakref.WeakSet[Any] = field(default_factory=weakref.WeakSet, compare=False)
+    level: str = "costly"
+    budget_s: float = 0.001
+    project_only: bool = False
+    warned: set[tuple[str, str, int]] = field(default_factory=set, compare=False)
+    """Call sites of cheap calls already reported."""
 
 
 def describe(rule: Rule, args: tuple[Any, ...], method: bool) -> str:
@@ -103,6 +113,34 @@ def build_error(rule: Rule, shown: str, frames: Sequence[FrameType]) -> Blocking
         function=function,
         stack=stack,
         hint=rule.hint,
+    )
+
+
+def emit_minor(
+    policy: Policy, error: BlockingCallError, where: FrameType | None, took: float
+) -> None:
+    """A cheap call within the budget: a warning (or a log line), once per call site."""
+    key = (error.call, error.file, error.line)
+    if key in policy.warned:
+        return
+    policy.warned.add(key)  # not the sink's: a cheap call fails no test
+    note = (
+        f"A cheap call ({took * 1e6:.0f} us, within the {policy.budget_s * 1e3:g} ms budget): "
+        'reported once per call site, not failed; strict(level="all") fails it.'
+    )
+    text = "\n".join(line for line in str(error).splitlines() if not line.startswith("  at "))
+    if policy.action == "log":
+        _log.warning("%s\n%s", error, note)
+        return
+    module = where.f_globals.get("__name__", "?") if where is not None else "?"
+    registry = where.f_globals.setdefault("__warningregistry__", {}) if where is not None else None
+    warnings.warn_explicit(
+        f"{text}\n{note}",
+        BlockingCallWarning,
+        error.file,
+        error.line,
+        module=module,
+        registry=registry,
     )
 
 

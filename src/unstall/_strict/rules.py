@@ -211,11 +211,16 @@ class Rule:
         fix: How to move it off the loop (``{call}`` is replaced by :attr:`call`).
         blocks: Whether this particular call would wait, from its arguments (for a
             method, ``args[0]`` is ``self``).
+        minor: See below.
     """
 
     call: str
     fix: str
     blocks: Blocks = _always
+    minor: Blocks | None = None
+    """When true for the call's arguments, the call is cheap by nature (metadata of a local
+    file, a small bounded read): it is reported once per call site as a warning, and fails
+    only when it takes longer than the policy's budget (or with ``level="all"``)."""
 
     @property
     def hint(self) -> str:
@@ -275,15 +280,30 @@ def _call_name(owner: str, name: str) -> str:
     return label + _ALIASES.get(name, "." + name)
 
 
-def _methods(owner: str, names: str, fix: str, blocks: Blocks, *, builtin: bool) -> list[Patch]:
+def _methods(
+    owner: str, names: str, fix: str, blocks: Blocks, *, builtin: bool, minor: Blocks | None = None
+) -> list[Patch]:
     return [
-        Patch(owner, name, Rule(_call_name(owner, name), fix, blocks), builtin)
+        Patch(owner, name, Rule(_call_name(owner, name), fix, blocks, minor), builtin)
         for name in names.split()
     ]
 
 
-def _functions(module: str, names: str, fix: str, blocks: Blocks = _always) -> list[Patch]:
-    return [Patch(module, name, Rule(f"{module}.{name}", fix, blocks)) for name in names.split()]
+def _functions(
+    module: str, names: str, fix: str, blocks: Blocks = _always, minor: Blocks | None = None
+) -> list[Patch]:
+    return [
+        Patch(module, name, Rule(f"{module}.{name}", fix, blocks, minor)) for name in names.split()
+    ]
+
+
+_SMALL_READ = 1 << 16
+
+
+def _small_read(args: Args, kwargs: Kwargs) -> bool:
+    """A read of at most 64 KiB, asked for explicitly, from a regular local file."""
+    size = _arg(args, kwargs, 1, "size", -1)
+    return isinstance(size, int) and 0 <= size <= _SMALL_READ
 
 
 _SOCKET_METHODS = (
@@ -295,8 +315,16 @@ PATCHES: tuple[Patch, ...] = (
     *_functions("time", "sleep", _SLEEP, _sleeps),
     *_functions("os", "read readv pread", _FILE, _os_read_blocks),
     *_functions("os", "write writev pwrite", _FILE, _os_write_blocks),
-    *_functions("os", "stat lstat statvfs access readlink sendfile", _FILE),
-    *_methods("io:FileIO", "read readall readinto", _FILE, _file_read_blocks, builtin=True),
+    *_functions("os", "stat lstat statvfs access readlink", _FILE, _always, minor=_always),
+    *_functions("os", "sendfile", _FILE),
+    *_methods(
+        "io:FileIO",
+        "read readall readinto",
+        _FILE,
+        _file_read_blocks,
+        builtin=True,
+        minor=_small_read,
+    ),
     *_methods("io:FileIO", "write", _FILE, _file_write_blocks, builtin=True),
     *_methods(
         "io:BufferedReader",
@@ -304,6 +332,7 @@ PATCHES: tuple[Patch, ...] = (
         _FILE,
         _file_read_blocks,
         builtin=True,
+        minor=_small_read,
     ),
     *_methods("io:BufferedWriter", "write flush", _FILE, _file_write_blocks, builtin=True),
     *_methods(
