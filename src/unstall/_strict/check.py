@@ -132,6 +132,16 @@ def _remember_file(policy: Policy, file: Any) -> None:
         file = getattr(file, "buffer", None) or getattr(file, "raw", None)
 
 
+def _is_cheap(rule: Rule, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """A call of a minor rule that blocks and is cheap by nature (contained: never raises)."""
+    assert rule.minor is not None
+    try:
+        return bool(rule.blocks(args, kwargs) and rule.minor(args, kwargs))
+    except Exception as exc:
+        contain(f"strict mode's check of {rule.call}", "a call went unchecked", exc)
+        return False
+
+
 def _cheap(
     rule: Rule,
     args: tuple[Any, ...],
@@ -188,12 +198,7 @@ def _wrap(spec: Patch, original: Callable[..., Any]) -> Callable[..., Any]:
             return original(*args, **kwargs)
         _tls.depth = True
         try:
-            if (
-                rule.minor is not None
-                and policy.level != "all"
-                and rule.blocks(args, kwargs)
-                and rule.minor(args, kwargs)
-            ):
+            if rule.minor is not None and policy.level != "all" and _is_cheap(rule, args, kwargs):
                 return _cheap(rule, args, kwargs, method, policy, original)
             _judge(rule, args, kwargs, method, policy)
             return original(*args, **kwargs)
