@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import re
 import textwrap
 
 import pytest
+
+from helpers import failure_section, marked_line
 
 pytest_plugins = ["pytester"]
 
@@ -96,23 +97,6 @@ def test_no_loop_at_all():
 """
 
 
-def _line(source: str, mark: str) -> int:
-    """The line of ``mark`` in a sample file written by ``makepyfile`` (which strips)."""
-    lines = source.strip().splitlines()
-    return next(i for i, text in enumerate(lines, 1) if mark in text)
-
-
-def _block(output: str, test: str) -> str:
-    """The failure section of one test in pytest's output."""
-    match = re.search(
-        rf"_{{3,}} (?:ERROR at \w+ of )?{re.escape(test)}(?:\[\w+\])? _{{3,}}\n(.*?)(?=\n_{{3,}} |\n=+ )",
-        output,
-        re.S,
-    )
-    assert match, f"no failure section for {test}:\n{output}"
-    return match.group(1)
-
-
 @pytest.mark.slow
 def test_watch_fails_stalling_tests_at_their_line(pytester: pytest.Pytester) -> None:
     pytester.makeini(INI)
@@ -138,15 +122,17 @@ def test_watch_fails_stalling_tests_at_their_line(pytester: pytest.Pytester) -> 
         ("test_anyio_stalls", "# mark-anyio", "call"),
         ("test_fixture_stall", "# mark-setup", "setup"),
     ]:
-        line = _line(WATCH_SUITE, line)
-        block = _block(out, test)
+        line = marked_line(WATCH_SUITE, line)
+        block = failure_section(out, test)
         assert "stalled for 0.5" in block or "stalled for 0.6" in block, block
         assert f"during {phase}" in block, block
         assert f"{path}:{line}: time.sleep(0.5)" in block, block
         assert "stack (most recent call last)" in block, block
         assert "time.sleep" in block
-    teardown = _block(out, "test_teardown_stall")  # pytest titles it "ERROR at teardown of"
-    assert f"{path}:{_line(WATCH_SUITE, '# mark-teardown')}: time.sleep" in teardown
+    teardown = failure_section(
+        out, "test_teardown_stall"
+    )  # pytest titles it "ERROR at teardown of"
+    assert f"{path}:{marked_line(WATCH_SUITE, '# mark-teardown')}: time.sleep" in teardown
     assert "during teardown" in teardown
 
 
@@ -267,13 +253,13 @@ def test_strict_fails_blocking_calls_at_their_line(pytester: pytest.Pytester) ->
         ("test_asyncio_run_blocks", "# mark-run", "time.sleep"),
         ("test_fixture_blocks", "# mark-fixture", "open"),
     ]:
-        line = _line(STRICT_SUITE, line)
-        block = _block(out, test)
+        line = marked_line(STRICT_SUITE, line)
+        block = failure_section(out, test)
         assert f"blocking call {call}(" in block, block
         assert f"at {path}:{line} in " in block, block
         assert "Fix:" in block, block
     assert "_strict.py" not in out  # strict mode's own frames are hidden from tracebacks
-    assert "unstall strict mode, during call" in _block(out, "test_swallowed")
+    assert "unstall strict mode, during call" in failure_section(out, "test_swallowed")
 
 
 PYPROJECT = """
@@ -324,8 +310,8 @@ def test_ini_and_pyproject_defaults(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     out = result.stdout.str()
     assert result.parseoutcomes() == {"failed": 2, "passed": 2}, out
-    assert "threshold 0.25 s" in _block(out, "test_stall_fails")
-    assert "blocking call time.sleep(0.005)" in _block(out, "test_blocking_fails")
+    assert "threshold 0.25 s" in failure_section(out, "test_stall_fails")
+    assert "blocking call time.sleep(0.005)" in failure_section(out, "test_blocking_fails")
 
 
 def test_unstall_option_followed_by_a_path(pytester: pytest.Pytester) -> None:
