@@ -241,8 +241,12 @@ class _Child:
                 self._uninstall_strict()
         stopper = threading.Thread(target=self.watcher.stop, name="unstall-follow-stop")
         stopper.daemon = True
-        stopper.start()
-        stopper.join(_STOP_S)  # exit must never hang on the watcher
+        try:
+            stopper.start()
+            stopper.join(_STOP_S)  # exit must never hang on the watcher
+        except RuntimeError:  # Python 3.12 starts no thread at interpreter shutdown (atexit)
+            with contextlib.suppress(Exception):
+                self.watcher.stop()
         if not discard:
             with contextlib.suppress(Exception):
                 loops = self.watcher.report().loops

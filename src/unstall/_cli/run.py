@@ -357,7 +357,10 @@ def _within(seconds: float, func: Callable[[], T]) -> T:
             errors.append(exc)
 
     thread = threading.Thread(target=run, name="unstall-run-finish", daemon=True)
-    thread.start()
+    try:
+        thread.start()
+    except RuntimeError:  # Python 3.12 starts no thread at interpreter shutdown (atexit)
+        return func()
     thread.join(seconds)
     if thread.is_alive():
         raise TimeoutError
