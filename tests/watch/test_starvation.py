@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import io
 import os
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+import types
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -18,16 +21,16 @@ from fixtures.blocking import line_of
 from unstall import Stall, Watcher
 from unstall._report.records import Frame
 from unstall._watch.probe import Reading
-from unstall._watch.sampler import Sample
+from unstall._watch.sampler import _MAYBE_THE_GIL, _SURELY_THE_GIL, Sample, _gil_wait
 from unstall._watch.starvation import GIL, OS, busy_share, reading_before, starved_by
 
 THRESHOLD = 0.1
 LINUX = sys.platform.startswith("linux") and os.path.exists("/proc/self/schedstat")
 
 
-def _samples(n: int, gil: bool, start: float = 0.06) -> list[Sample]:
+def _samples(n: int, gil: bool, start: float = 0.06, sure: bool = False) -> list[Sample]:
     frame = Frame(__file__, 10, "tick")
-    return [Sample(start + i * 0.005, (frame,), 0, gil=gil) for i in range(n)]
+    return [Sample(start + i * 0.005, (frame,), 0, gil=gil, gil_sure=sure) for i in range(n)]
 
 
 def test_run_queue_wait_is_starvation() -> None:
@@ -54,6 +57,10 @@ def test_waiting_for_the_gil_is_starvation_only_if_another_thread_computed() -> 
     # Blocked in futex with no other thread computing: a C library waiting, not the GIL.
     nobody = Reading(0.3, 1.002, 2.01, 3.003)
     assert starved_by(_samples(20, gil=True), 0.0, 0.3, before, nobody, THRESHOLD) is None
+    # Stopped in Python code, not in a C call: only the GIL can hold it there, even when
+    # its holder barely ran (a thread descheduled holding it, on a crowded machine).
+    sure = _samples(20, gil=True, sure=True)
+    assert starved_by(sure, 0.0, 0.3, before, nobody, THRESHOLD) == GIL
     # What the watchdog itself held counts, whoever else computed.
     assert starved_by(_samples(2, gil=False), 0.0, 0.3, before, nobody, THRESHOLD, 0.28) == GIL
 
@@ -184,3 +191,27 @@ def test_cpu_threads_beside_a_healthy_loop_are_not_blamed_on_its_lines() -> None
     assert sleeps[0].call == "time.sleep"
     assert sleeps[0].kind == "wait"
     assert all(s.call in (OS, GIL) for s in watcher.starved)
+
+
+def _stopped_in(call: Callable[[Iterator[int]], object]) -> tuple[types.FrameType, int]:
+    """The caller's frame and position while ``call`` runs (read from inside it)."""
+    seen: list[tuple[types.FrameType, int]] = []
+
+    def numbers() -> Iterator[int]:
+        outer = sys._getframe(1)
+        seen.append((outer, outer.f_lasti))
+        yield 1
+
+    call(numbers())
+    return seen[0]
+
+
+def test_a_thread_stopped_after_a_builtin_surely_waits_for_the_gil() -> None:
+    frame, lasti = _stopped_in(sum)
+    assert _gil_wait(frame, lasti, None, False) == _SURELY_THE_GIL
+    # A C call of a library may be waiting on its own lock: maybe.
+    frame, lasti = _stopped_in(lambda it: functools.reduce(max, it))
+    assert _gil_wait(frame, lasti, None, False) == _MAYBE_THE_GIL
+    # print writes under its stream's lock.
+    frame, lasti = _stopped_in(lambda it: print(*it, file=io.StringIO()))
+    assert _gil_wait(frame, lasti, None, False) == _MAYBE_THE_GIL

@@ -9,6 +9,7 @@ running task and the thread's CPU clock (to tell waiting from computing).
 from __future__ import annotations
 
 import asyncio
+import builtins
 import linecache
 import sys
 import types
@@ -52,6 +53,9 @@ class Sample:
     """The stack lost its outer frames (faulthandler keeps the innermost 100)."""
     gil: bool = False
     """The thread was waiting for the GIL: blocked in ``futex`` outside any lock call."""
+    gil_sure: bool = False
+    """``gil`` is certain: the thread was running Python or a builtin that never waits, so
+    its ``futex`` can only be the GIL (not a C library's own lock)."""
     context: dict[str, Any] | None = None
     """What the running task was serving (see :mod:`unstall._watch.context`)."""
     importing: bool = False
@@ -123,9 +127,8 @@ def capture(
     sample.context = describe(variables, request_in(chain[start:] if start > 0 else chain))
     sample.cpu = clock.read()
     if futex:
-        sample.gil = not _waits_on_a_lock(
-            chain[-1], lastis[-1], sample.call, index == len(chain) - 1
-        )
+        wait = _gil_wait(chain[-1], lastis[-1], sample.call, index == len(chain) - 1)
+        sample.gil, sample.gil_sure = wait != _NOT_THE_GIL, wait == _SURELY_THE_GIL
     return sample
 
 
@@ -192,17 +195,28 @@ _LOCK_CALLS = (
 _LOCK_FILES = ("threading.py", "queue.py", "_base.py", "synchronize.py", "connection.py")
 
 
-def _waits_on_a_lock(
+_NOT_THE_GIL, _MAYBE_THE_GIL, _SURELY_THE_GIL = 0, 1, 2
+# Builtins that may wait on a lock of their own (a stream's, the import lock).
+_WAITING_BUILTINS = frozenset({"print", "input", "open", "__import__", "breakpoint", "help"})
+
+
+def _gil_wait(
     frame: types.FrameType, lasti: int, culprit_call: str | None, culprit_is_innermost: bool
-) -> bool:
+) -> int:
+    """What a thread found in ``futex`` at ``frame`` waits for: surely, maybe or not the GIL."""
     if frame.f_code.co_filename.endswith(_LOCK_FILES):
-        return True
+        return _NOT_THE_GIL
     try:
         call = culprit_call if culprit_is_innermost else call_at(frame, lasti)
     except Exception:
-        return True  # unknown: not claimed as a GIL wait
-    # Not in a call at all: it runs Python, so it waits for the GIL to go on.
-    return call is not None and call.startswith(_LOCK_CALLS)
+        return _NOT_THE_GIL  # unknown: not claimed as a GIL wait
+    if call is None:
+        return _SURELY_THE_GIL  # not in a call at all: it runs Python
+    if call.startswith(_LOCK_CALLS):
+        return _NOT_THE_GIL
+    if "." not in call and call not in _WAITING_BUILTINS and hasattr(builtins, call):
+        return _SURELY_THE_GIL  # sum, sorted, len...: stopped at a switch point after it
+    return _MAYBE_THE_GIL
 
 
 def _describe_running(

@@ -12,10 +12,13 @@ boundaries (exact: a thread's waits are counted when it runs again). The GIL wai
 from the samples: a sample whose thread is blocked in ``futex`` outside any lock call is
 waiting for the GIL, and the share of such samples is the share of the time the loop
 thread slept (neither ran nor waited for a CPU) that it waited for the GIL; with no sample
-at all, all of that time; plus the time the watchdog itself held the GIL. Unless other
-threads of the process computed for at least a quarter of that time (a thread holding the
-GIL for long computes, if not always on a CPU), no more than they computed is counted. Both are capped
-by what the counters allow, so a loop sleeping in ``time.sleep`` or computing is never
+at all, all of that time; plus the time the watchdog itself held the GIL. A sample taken
+while the thread ran Python (or a builtin such as ``sum`` that never waits) can only be
+waiting for the GIL, whoever holds it. One stopped in some other C call may be waiting on
+that library's own lock: unless other threads of the process computed for at least a
+quarter of that time (a thread holding the GIL for long computes, if not always on a CPU),
+no more than they computed is counted for those. Both waits are capped by what the
+counters allow, so a loop sleeping in ``time.sleep`` or computing is never
 taken for a starved one.
 """
 
@@ -69,13 +72,17 @@ def starved_by(
     asleep = max(wall - cpu - delay, 0.0)
     others = max(after.process_cpu - before.process_cpu - cpu, 0.0)
     # The share of samples that found it waiting for the GIL, of the time it slept.
-    other = asleep * sum(s.gil for s in samples) / len(samples) if samples else asleep - held
+    if samples:
+        sure = asleep * sum(s.gil_sure for s in samples) / len(samples)
+        maybe = asleep * sum(s.gil and not s.gil_sure for s in samples) / len(samples)
+    else:
+        sure, maybe = 0.0, asleep - held
     # Another thread holding the GIL for long computes meanwhile, on a CPU for at least a
-    # share of that time (less than all of it on a crowded machine). Without that, the
-    # thread was waiting on some library's own lock or condition.
-    if others < other / 4:
-        other = others
-    gil = min(held + other, asleep)
+    # share of that time (less than all of it on a crowded machine). Without that, a
+    # thread stopped in a C call was waiting on that library's own lock or condition.
+    if others < maybe / 4:
+        maybe = others
+    gil = min(held + sure + maybe, asleep)
     if wall - delay - gil >= threshold / 2:
         return None
     return GIL if gil > delay else OS
