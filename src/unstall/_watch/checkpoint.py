@@ -15,12 +15,13 @@ from __future__ import annotations
 import asyncio
 import dis
 import types
+from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
-from unstall._watch.culprit import is_machinery
+from unstall._watch.culprit import in_asyncio, is_machinery
 
-__all__ = ["Place", "locate"]
+__all__ = ["Place", "Positions", "back", "locate", "positions"]
 
 _CHECKS = frozenset(dis.opmap[name] for name in ("RESUME", "JUMP_BACKWARD") if name in dis.opmap)
 """Where CPython always checks for pending work. A ``CALL`` checks when it returns from C
@@ -145,31 +146,73 @@ def _suspended_frames(handle: object) -> list[types.FrameType]:
 Place = tuple[list[types.FrameType], int]
 
 
-def _outward(frame: types.FrameType | None) -> list[types.FrameType]:
+def _outward(frame: types.FrameType | None, at: Positions | None = None) -> list[types.FrameType]:
     chain = []
     while frame is not None:
         chain.append(frame)
-        frame = frame.f_back
+        frame = back(frame, at)
     chain.reverse()
     return chain
 
 
-def locate(frame: types.FrameType) -> Place | None:
+Positions = Mapping[int, tuple[int, int, "types.FrameType | None"]]
+"""``id(frame) -> (f_lasti, f_lineno, f_back)``, read at one moment (see :func:`positions`)."""
+
+
+def positions(top: types.FrameType) -> dict[int, tuple[int, int, types.FrameType | None]]:
+    """Where ``top`` and its callers are now. Read first, while the thread is parked: the
+    watchdog may lose the GIL while it looks further (a first ``realpath`` of a file, a
+    source read), and the thread move on, its coroutines leaving the stack."""
+    found: dict[int, tuple[int, int, types.FrameType | None]] = {}
+    frame: types.FrameType | None = top
+    while frame is not None:
+        caller = frame.f_back
+        found[id(frame)] = (frame.f_lasti, frame.f_lineno or 0, caller)
+        frame = caller
+    return found
+
+
+def _lasti(frame: types.FrameType, at: Positions | None) -> int:
+    seen = at.get(id(frame)) if at is not None else None
+    return frame.f_lasti if seen is None else seen[0]
+
+
+def back(frame: types.FrameType, at: Positions | None) -> types.FrameType | None:
+    """``frame``'s caller, as it was when ``at`` was read."""
+    seen = at.get(id(frame)) if at is not None else None
+    return frame.f_back if seen is None else seen[2]
+
+
+def locate(
+    frame: types.FrameType, at: Positions | None = None, *, allocation: bool = False
+) -> Place | None:
     """Where the C code ran, when the handler ran in ``frame`` right after it: the stack
     (outermost first, ending with the culprit's frame) and the culprit's line.
 
+    ``at`` holds the frames' positions read earlier (the frames' own are read otherwise).
+    ``allocation``: what is sought is the allocation that started a garbage collection,
+    which a call makes as well as an operator (at a loop's jump back, the line before).
     ``None`` when it cannot be told (the work ran in a callback that is gone).
     """
-    found = _current(frame.f_code, frame.f_lasti)
+    found = _current(frame.f_code, _lasti(frame, at))
     if found is None:
         return None
     op, index, line = found
     if op == _RESUME:
-        if frame.f_code.co_code[frame.f_lasti + 1] != 0 or frame.f_back is None:
+        first = back(frame, at)
+        if frame.f_code.co_code[_lasti(frame, at) + 1] != 0 or first is None:
             return None  # a coroutine resumed: what ran before was another callback
         # A function just started: the C code ran in its caller, before or in the call.
-        caller = frame.f_back
-        found = _current(caller.f_code, caller.f_lasti)
+        caller: types.FrameType = first
+        found = _current(caller.f_code, _lasti(caller, at))
+        # Awaited by asyncio's own coroutine that just started too (``sleep(0)`` starting
+        # ``__sleep0``): it ran nothing long, the time went in the frame awaiting it.
+        while found is not None and found[0] in _AWAITS and in_asyncio(caller.f_code.co_filename):
+            outer = back(caller, at)
+            if outer is None:
+                break
+            caller = outer
+            found = _current(caller.f_code, _lasti(caller, at))
         if found is None:
             return None
         frame, (op, index, line) = caller, found
@@ -177,7 +220,7 @@ def locate(frame: types.FrameType) -> Place | None:
             heavy = _before_await(frame.f_code, index)
         else:
             heavy = _heavy_before(frame.f_code, index)
-        return _checked(_outward(frame), heavy if heavy is not None else line)
+        return _checked(_outward(frame, at), heavy if heavy is not None else line)
     if op in _CALLS and is_machinery(frame.f_code.co_filename, frame.f_code.co_name):
         # Handle._run, the task's step just returned: the coroutine is suspended right
         # after the C code, at its await.
@@ -189,11 +232,12 @@ def locate(frame: types.FrameType) -> Place | None:
         if found is None:
             return None
         heavy = _before_await(inner.f_code, found[1])
-        return _checked(_outward(frame) + coros, heavy if heavy is not None else found[2])
+        return _checked(_outward(frame, at) + coros, heavy if heavy is not None else found[2])
     if op in _CALLS:
-        return _checked(_outward(frame), line)  # the C call that just returned
-    heavy = _heavy_before(frame.f_code, index)
-    return _checked(_outward(frame), heavy if heavy is not None else line)
+        return _checked(_outward(frame, at), line)  # the C call that just returned
+    before = _before_await if allocation else _heavy_before
+    heavy = before(frame.f_code, index)
+    return _checked(_outward(frame, at), heavy if heavy is not None else line)
 
 
 def _checked(chain: list[types.FrameType], line: int | None) -> Place | None:

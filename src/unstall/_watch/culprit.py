@@ -49,13 +49,23 @@ def origin(path: str) -> str:
     return "user"
 
 
-def is_machinery(path: str, function: str) -> bool:
-    """Whether a frame is asyncio's loop running a callback (not the callback itself)."""
-    return function in _MACHINERY and _in_asyncio(path)
+_WATCH_DIR = os.path.dirname(os.path.realpath(__file__)) + os.sep  # unstall/_watch/
 
 
 @lru_cache(maxsize=1024)
-def _in_asyncio(path: str) -> bool:
+def in_the_watcher(path: str) -> bool:
+    """Whether ``path`` is the watcher's own code (starting, stopping, its loop hooks)."""
+    return os.path.realpath(path).startswith(_WATCH_DIR)
+
+
+def is_machinery(path: str, function: str) -> bool:
+    """Whether a frame is asyncio's loop running a callback (not the callback itself)."""
+    return function in _MACHINERY and in_asyncio(path)
+
+
+@lru_cache(maxsize=1024)
+def in_asyncio(path: str) -> bool:
+    """Whether ``path`` is a module of the asyncio package."""
     return os.path.realpath(path).startswith(_ASYNCIO_DIR)
 
 

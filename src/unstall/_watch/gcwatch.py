@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from unstall._watch import witness
+from unstall._watch.checkpoint import locate
 from unstall._watch.sampler import capture_own
 
 __all__ = ["Collection", "install", "overlapping", "uninstall", "watch_thread"]
@@ -65,7 +66,10 @@ def _on_gc(phase: str, info: dict[str, Any]) -> None:
     _done.append(Collection(ident, began, now, info["generation"], info["collected"]))
     if now - began >= _watched[ident]:
         # The stack now is the one that triggered the collection: our frame's caller.
-        taken = capture_own(sys._getframe(1), began, "gc")
+        # Since 3.12 a collection runs at the next check after the allocation, which may
+        # be the start of the ``__init__`` the allocating line called: the line is there.
+        frame = sys._getframe(1)
+        taken = capture_own(frame, began, "gc", locate(frame, allocation=True))
         if taken is not None:
             witness.push(ident, taken)
 

@@ -35,7 +35,7 @@ from collections.abc import Callable
 
 from unstall._watch import witness
 from unstall._watch.checkpoint import locate
-from unstall._watch.sampler import capture_own
+from unstall._watch.sampler import capture_own, never_sample_in
 
 __all__ = ["arm", "attach", "block_here", "detach", "disarm"]
 
@@ -84,6 +84,9 @@ def _take(frame: types.FrameType | None) -> None:
     taken = capture_own(frame, max(expired, running[1]), "signal", place)
     if taken is not None:
         witness.push(threading.main_thread().ident or 0, taken)
+
+
+never_sample_in(_handler)
 
 
 def attach(busy: Callable[[float], tuple[float, float] | None], threshold: float) -> bool:

@@ -13,13 +13,14 @@ import builtins
 import linecache
 import sys
 import types
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from unstall._report.records import Frame
 from unstall._util import is_async_code
 from unstall._watch.callname import call_at, callee_from_line, resolve
-from unstall._watch.checkpoint import locate
+from unstall._watch.checkpoint import Positions, back, locate, positions
 from unstall._watch.context import describe, request_in, snapshot
 from unstall._watch.culprit import callback_start, culprit_index, is_machinery, origin
 from unstall._watch.threadclock import ThreadClock
@@ -62,6 +63,15 @@ class Sample:
     """The culprit is an ``import`` line: the thread was running a first import."""
 
 
+_OWN_HANDLERS: set[types.CodeType] = set()
+
+
+def never_sample_in(function: Callable[..., object]) -> None:
+    """A handler of ours that interrupts a loop thread and samples it itself: the watchdog
+    takes no sample while it runs (reading source there may let the watchdog in)."""
+    _OWN_HANDLERS.add(function.__code__)
+
+
 def frame_record(code: types.CodeType, line: int) -> Frame:
     """A :class:`Frame` for ``code`` at ``line``, shared between samples."""
     key = (code, line)
@@ -91,12 +101,14 @@ def capture(
     top = sys._current_frames().get(thread_id)
     if top is None:
         return None
-    # First, before anything releases the GIL (reading files does) and lets the thread run.
+    # First, before anything lets the thread run (reading files, or holding the GIL for
+    # long enough that the thread asks for it back).
+    at = positions(top)
     futex = clock.in_futex()
     if gap_from is not None and origin(top.f_code.co_filename) != "unstall":
-        place = locate(top)
+        place = locate(top, at)
         if place is not None:
-            taken = capture_own(top, gap_from, "checkpoint", place, loop)
+            taken = capture_own(top, gap_from, "checkpoint", place, loop, at)
             if taken is not None:
                 taken.cpu = clock.read()
                 # Parked at a check, it waits for the GIL the watchdog holds (see starvation).
@@ -106,13 +118,17 @@ def capture(
     f: types.FrameType | None = top
     while f is not None:
         chain.append(f)
-        f = f.f_back
+        f = back(f, at)
     del top, f
+    if any(fr.f_code in _OWN_HANDLERS for fr in chain):
+        return None  # the thread runs a handler of ours, which takes its own sample
+    if is_async_code(chain[-1].f_code):
+        return None  # a coroutine cut from its callers: caught between two frames
     chain.reverse()
     # Read every position first: naming the call reads source files, which releases the
     # GIL, and the loop thread may move on meanwhile.
-    lastis = [fr.f_lasti for fr in chain]
-    frames = tuple(frame_record(fr.f_code, fr.f_lineno or 0) for fr in chain)
+    lastis = [at[id(fr)][0] for fr in chain]
+    frames = tuple(frame_record(fr.f_code, at[id(fr)][1]) for fr in chain)
     files = [fr.file for fr in frames]
     start = callback_start(files, [fr.function for fr in frames])
     index = culprit_index(files, start)
@@ -138,23 +154,30 @@ def capture_own(
     method: str,
     place: tuple[list[types.FrameType], int] | None = None,
     loop: asyncio.AbstractEventLoop | None = None,
+    at: Positions | None = None,
 ) -> Sample | None:
     """A sample of the calling thread's own stack from frame ``top`` outwards, dated ``t``.
 
     ``place`` overrides where the culprit is: ``(frames, line)``, the frames outermost
     first ending with the culprit's, and the line it ran (used when the stack was caught
-    just after the culprit's line, see :mod:`unstall._watch.interrupt`).
+    just after the culprit's line, see :mod:`unstall._watch.interrupt`). ``at`` holds the
+    frames' lines read earlier, when the frames may have moved on since.
     """
+
+    def line_of(fr: types.FrameType) -> int:
+        seen = at.get(id(fr)) if at is not None else None
+        return (fr.f_lineno or 0) if seen is None else seen[1]
+
     chain: list[types.FrameType] = []
     f: types.FrameType | None = top
     while f is not None:
         chain.append(f)
-        f = f.f_back
+        f = back(f, at)
     chain.reverse()
-    frames = [frame_record(fr.f_code, fr.f_lineno or 0) for fr in chain]
+    frames = [frame_record(fr.f_code, line_of(fr)) for fr in chain]
     if place is not None:
         chain = place[0]
-        frames = [frame_record(fr.f_code, fr.f_lineno or 0) for fr in chain[:-1]]
+        frames = [frame_record(fr.f_code, line_of(fr)) for fr in chain[:-1]]
         frames.append(frame_record(chain[-1].f_code, place[1]))
     files = [fr.file for fr in frames]
     start = callback_start(files, [fr.function for fr in frames])
@@ -164,7 +187,8 @@ def capture_own(
     sample = Sample(t, tuple(frames), index, method=method)
     try:
         if place is None or index < len(chain) - 1:
-            sample.call = call_at(chain[index])
+            seen = at.get(id(chain[index])) if at is not None else None
+            sample.call = call_at(chain[index], None if seen is None else seen[0])
         else:
             # The located line, not where the frame is now (it may have moved on while
             # this thread read source and let it run): named from the line's text.

@@ -25,6 +25,7 @@ from unstall._report.incidents import contain
 from unstall._report.records import LoopInfo, Stall
 from unstall._watch import faultdump, gcwatch, interrupt, loop_hooks, witness
 from unstall._watch.attribution import CPU_RATIO, LoopMeta, build_stall, split_by_callback
+from unstall._watch.culprit import in_the_watcher
 from unstall._watch.probe import LoopProbe, Reading
 from unstall._watch.sampler import Sample, capture
 from unstall._watch.starvation import busy_share, reading_before, starved_by
@@ -460,6 +461,10 @@ class Monitor:
             # The watchdog was kept from running while the loop thread computed (not while
             # the OS kept it waiting): it stopped right after the C code that held the GIL.
             gap = now - self._last_poll >= max(self.threshold / 2, GAP_S) and computed
+            if gap:
+                # Still in this iteration (ours may have let the thread run on meanwhile).
+                still = probe.busy(_monotonic())
+                gap = still is not None and still[0] == it_key
             gap_from = max(self._last_poll, start) if gap else None
             taken = capture(probe.thread_id, probe.loop, probe.clock, now, gap_from)
             again = probe.busy(_monotonic())
@@ -519,7 +524,7 @@ class Monitor:
         meta = self._meta(probe)
         first = True
         for lo, hi, part in split_by_callback(samples, start, end):
-            if hi - lo < self.threshold:
+            if hi - lo < self.threshold or _the_watchers_own(part):
                 continue
             stall = _with_gc(build_stall(part, lo, hi, meta), probe.thread_id, lo, hi)
             if stall.kind == "unknown" and busy is not None:
@@ -584,6 +589,12 @@ class Monitor:
                 fn(stall)
             except BaseException as exc:  # one failing delivery must not cost the others
                 contain("delivering a stall", "a stall may be missing", exc)
+
+
+def _the_watchers_own(samples: list[Sample]) -> bool:
+    """Whether the thread was in the watcher's own code every time it was seen: a loop
+    waiting for the watchdog to finish a poll as a watcher stops, not the program."""
+    return bool(samples) and all(s.frames and in_the_watcher(s.frames[-1].file) for s in samples)
 
 
 def _with_gc(stall: Stall, thread_id: int, start: float, end: float) -> Stall:
