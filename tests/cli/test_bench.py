@@ -29,6 +29,7 @@ def test_quick_bench_prints_every_section_with_every_peer() -> None:
         "Processes: per-call latency and throughput (asyncio)",
         "Processes: the loop's lag while CPU work runs (asyncio)",
         "Start-up: the child-following hook when unstall is not running",
+        "Start-up: instructions executed by python -c pass (callgrind)",
     ]
     rows = {line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| ")}
     for peer in (

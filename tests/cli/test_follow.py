@@ -194,6 +194,9 @@ def test_every_request_blocking_a_worker_is_one_stall_in_the_report(
     assert {lp["pid"] for lp in report["loops"]} >= {s["pid"] for s in stalls}
     assert f"{len(processes)} processes" in stderr
     assert left_behind(tmp_path) == []
+    # nor next to the report (a half-written --json file, a part)
+    ours = {"app.py", "r.json", "tmp", "__pycache__"}
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name not in ours) == []
 
 
 @pytest.mark.slow
@@ -341,6 +344,19 @@ def test_the_start_up_hook_does_nothing_without_the_variable(tmp_path: Path) -> 
     code = "import sys; print(sorted(m for m in sys.modules if m.startswith('unstall')))"
     out = subprocess.run([PY, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("value", ["", "/no/such/run/directory"])
+def test_the_start_up_hook_ignores_a_variable_naming_no_run(tmp_path: Path, value: str) -> None:
+    # a long-lived grandchild of a finished run, or a variable set by hand
+    out = subprocess.run(
+        [PY, "-c", "print('ran')"],
+        env=child_env(UNSTALL_FOLLOW=value),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (out.returncode, out.stdout, out.stderr) == (0, "ran\n", "")
 
 
 def test_process_pool_executor_workers_are_followed(tmp_path: Path) -> None:
