@@ -80,8 +80,9 @@ def run(opts: BenchOptions) -> list[Table]:
     )
     env = {k: v for k, v in os.environ.items() if k not in ("UNSTALL_FOLLOW", "PYTHONPATH")}
     with tempfile.TemporaryDirectory() as tmp:
-        plain, _ = _venv(Path(tmp, "plain"), with_unstall=False)
-        installed, site_packages = _venv(Path(tmp, "installed"), with_unstall=True)
+        # names of one length: a longer path alone costs start-up a few thousand instructions
+        plain, _ = _venv(Path(tmp, "venv1"), with_unstall=False)
+        installed, site_packages = _venv(Path(tmp, "venv2"), with_unstall=True)
         run_dir = Path(tmp, "run")
         run_dir.mkdir()
         runs = {
