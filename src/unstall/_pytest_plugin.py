@@ -39,8 +39,15 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", ALLOW_MARKER_HELP)
     defaults = read_defaults(config)
     config.stash[_DEFAULTS] = defaults
-    if defaults.active:
+    if defaults.active or _xdist_controller(config):
         _register(config, defaults)
+
+
+def _xdist_controller(config: pytest.Config) -> bool:
+    """pytest-xdist's controller: it collects no test, so it cannot know whether a marker
+    watches one; it listens to the workers' reports (its session runs no test)."""
+    workers = config.getoption("numprocesses", None)
+    return bool(workers) and not hasattr(config, "workerinput")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

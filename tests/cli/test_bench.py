@@ -28,7 +28,8 @@ def test_quick_bench_prints_every_section_with_every_peer() -> None:
         "Watcher",
         "Processes: per-call latency and throughput (asyncio)",
         "Processes: the loop's lag while CPU work runs (asyncio)",
-        "Start-up: the child-following hook when unstall is not running",
+        "Start-up: following child processes, with and without unstall run",
+        "Start-up: instructions executed by python -c pass (callgrind)",
     ]
     rows = {line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| ")}
     for peer in (

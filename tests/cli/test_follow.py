@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import sysconfig
 import textwrap
 import time
 from collections.abc import Iterator
@@ -68,13 +67,6 @@ POOL = """\
             print(pool.map(task, range(4), chunksize=1))
 """
 POOL_LINE = 8
-
-
-@pytest.fixture(autouse=True)
-def _hook_installed() -> None:
-    pth = Path(sysconfig.get_paths()["purelib"], "unstall-follow.pth")
-    if not pth.exists():
-        pytest.skip(f"unstall is not installed with its start-up hook ({pth} is missing)")
 
 
 def write(path: Path, source: str) -> Path:
@@ -194,6 +186,9 @@ def test_every_request_blocking_a_worker_is_one_stall_in_the_report(
     assert {lp["pid"] for lp in report["loops"]} >= {s["pid"] for s in stalls}
     assert f"{len(processes)} processes" in stderr
     assert left_behind(tmp_path) == []
+    # nor next to the report (a half-written --json file, a part)
+    ours = {"app.py", "r.json", "tmp", "__pycache__"}
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name not in ours) == []
 
 
 @pytest.mark.slow
@@ -336,11 +331,71 @@ def test_unstall_s_own_process_pool_workers_are_not_watched(tmp_path: Path) -> N
     assert [p["role"] for p in report.get("processes", [{"role": "main"}])] == ["main"]
 
 
-def test_the_start_up_hook_does_nothing_without_the_variable(tmp_path: Path) -> None:
+def test_no_start_up_runs_unstall_s_code_when_unstall_is_not_running(tmp_path: Path) -> None:
     env = {k: v for k, v in child_env().items() if k != "UNSTALL_FOLLOW"}
     code = "import sys; print(sorted(m for m in sys.modules if m.startswith('unstall')))"
     out = subprocess.run([PY, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "[]"
+    site_packages = {Path(p) for p in sys.path if p.endswith("-packages")}
+    assert [
+        p.name for d in site_packages for p in d.glob("*unstall*.pth") if "editable" not in p.name
+    ] == []
+
+
+@pytest.mark.parametrize("value", ["", "/no/such/run/directory"])
+def test_the_start_up_hook_ignores_a_variable_naming_no_run(tmp_path: Path, value: str) -> None:
+    # a long-lived grandchild of a finished run, or a variable set by hand
+    from unstall._cli.follow import BOOT_DIR
+
+    out = subprocess.run(
+        [PY, "-c", "import sys; print('ran', any('follow_boot' in p for p in sys.path))"],
+        env=child_env(UNSTALL_FOLLOW=value, PYTHONPATH=BOOT_DIR),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (out.returncode, out.stdout, out.stderr) == (0, "ran False\n", "")
+
+
+def test_a_child_keeps_the_program_s_own_sitecustomize_and_sys_path(tmp_path: Path) -> None:
+    own = tmp_path / "own"
+    own.mkdir()
+    write(own / "sitecustomize.py", "import sys\nsys.own_sitecustomize = True\n")
+    write(
+        tmp_path / "child.py",
+        """\
+        import asyncio, os, sys, time
+
+        async def main():
+            time.sleep(0.15)  # child's line
+
+        asyncio.run(main())
+        print(getattr(sys, "own_sitecustomize", False), [p for p in sys.path if "follow_boot" in p])
+        """,
+    )
+    script = write(
+        tmp_path / "parent.py",
+        """\
+        import os, subprocess, sys
+
+        subprocess.run([sys.executable, "child.py"], check=True)
+        print(os.environ["PYTHONPATH"].split(os.pathsep)[1:])
+        """,
+    )
+    proc = subprocess.run(
+        [PY, "-m", "unstall", "run", "--json", "r.json", script.name],
+        cwd=tmp_path,
+        env={**env_for(tmp_path), "PYTHONPATH": str(own)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert proc.stdout.splitlines() == ["True []", f"[{str(own)!r}]"]
+    [stall] = at_line(report, tmp_path / "child.py", 4)
+    assert stall["process"] == "python child.py"
+    assert left_behind(tmp_path) == []
 
 
 def test_process_pool_executor_workers_are_followed(tmp_path: Path) -> None:

@@ -7,11 +7,12 @@ Two routes, the way coverage.py follows subprocesses:
   survive the fork, so the child drops the parent's watch state and starts its own watcher.
 * A new interpreter (``multiprocessing`` spawn, uvicorn ``--workers``,
   ``ProcessPoolExecutor``, ``subprocess.run([sys.executable, ...])``) inherits the
-  environment variable :data:`ENV`, naming the run directory. The ``unstall-follow.pth``
-  file unstall's wheel puts in site-packages runs at the interpreter's start-up; it reads
-  the variable and, only when it is set, imports :mod:`unstall._cli.follow_start`, which
-  calls :func:`start_in_child`. Unset, the line costs one dictionary look-up (and its
-  compilation: ``unstall bench startup`` measures it).
+  environment variable :data:`ENV`, naming the run directory, and a ``PYTHONPATH`` that
+  starts with :data:`BOOT_DIR`. That folder holds a ``sitecustomize`` module, which
+  ``site`` imports at the interpreter's start-up; it calls :func:`start_in_child`, then
+  imports the ``sitecustomize`` it hides (see ``follow_boot/sitecustomize.py``). Nothing
+  is installed in site-packages: when unstall is not running, no start-up runs any of
+  its code (``unstall bench startup`` checks it).
 
 Each child writes its findings to its own part file in the run directory
 (:mod:`unstall._report.parts`), as they happen; the parent merges the parts at exit and
@@ -45,6 +46,10 @@ __all__ = ["ENV", "FollowOptions", "begin", "leave", "start_in_child"]
 ENV = "UNSTALL_FOLLOW"
 """Set for the program and its children: the run directory where parts are written."""
 
+BOOT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "follow_boot")
+"""Put first on the children's ``PYTHONPATH``: its ``sitecustomize`` starts following."""
+_PYTHONPATH = "PYTHONPATH"
+
 _OPTIONS_FILE = "options.json"
 _PREFIX = "unstall-run-"  # then the pid of `unstall run`, so a stale directory is known
 _STOP_S = 5.0
@@ -68,6 +73,7 @@ _run_dir: str | None = None
 _options: FollowOptions | None = None
 _child: _Child | None = None
 _hooked = False
+_pythonpath: tuple[str | None, str] | None = None  # (the program's own, the one we set)
 
 
 def begin(options: FollowOptions) -> str:
@@ -80,8 +86,18 @@ def begin(options: FollowOptions) -> str:
     with open(os.path.join(run_dir, _OPTIONS_FILE), "w", encoding="utf-8") as f:
         json.dump(asdict(options), f)
     os.environ[ENV] = run_dir
+    _boot_children()
     _follow(run_dir, options)
     return run_dir
+
+
+def _boot_children() -> None:
+    """Put :data:`BOOT_DIR` first on ``PYTHONPATH``, for the interpreters started from now."""
+    global _pythonpath
+    own = os.environ.get(_PYTHONPATH)
+    ours = BOOT_DIR + (os.pathsep + own if own else "")
+    os.environ[_PYTHONPATH] = ours
+    _pythonpath = (own, ours)
 
 
 def _remove_stale_run_dirs() -> None:
@@ -106,13 +122,21 @@ def _alive(pid: int) -> bool:
 
 def end() -> None:
     """In ``unstall run``'s process, at exit: children started from now are not followed."""
-    global _run_dir
+    global _run_dir, _pythonpath
     os.environ.pop(ENV, None)
     _run_dir = None
+    if _pythonpath is not None:
+        own, ours = _pythonpath
+        _pythonpath = None
+        if os.environ.get(_PYTHONPATH) == ours:  # the program may have set its own since
+            if own is None:
+                os.environ.pop(_PYTHONPATH, None)
+            else:
+                os.environ[_PYTHONPATH] = own
 
 
 def start_in_child() -> None:
-    """Called by the ``.pth`` hook in a new interpreter when :data:`ENV` is set."""
+    """Called at a new interpreter's start-up (``sitecustomize``) when :data:`ENV` is set."""
     try:
         _start_from_env()
     except Exception as exc:  # never break the child's start-up for our sake

@@ -1,8 +1,9 @@
-"""Imported by the ``unstall-follow.pth`` start-up hook, only when ``UNSTALL_FOLLOW`` is set.
+"""Kept for environments that still hold the ``unstall-follow.pth`` of earlier versions.
 
-Importing it starts watching this new interpreter (see :mod:`unstall._cli.follow`). The
-hook's line names this module rather than calling a function so that it stays as short
-as it can be: every Python start-up in the environment compiles it.
+That file (no longer installed; reinstalling unstall removes it) imported this module at
+start-up when ``UNSTALL_FOLLOW`` was set. Children are now followed through
+``follow_boot/sitecustomize.py``; starting twice is harmless (the second start sees this
+process watched already).
 """
 
 from __future__ import annotations

@@ -74,7 +74,12 @@ def finding(
     return Finding(test, kind, where, line, (code or "").strip(), call or "")
 
 
-def _entry(data: object, path: Path, index: int) -> Finding:
+def from_dict(data: object) -> Finding:
+    """A finding from its JSON form (a baseline entry, or one sent by an xdist worker).
+
+    Raises:
+        ValueError: ``data`` is not a finding (needs test, kind, file, line, code, call).
+    """
     try:
         assert isinstance(data, dict)
         return Finding(
@@ -86,6 +91,13 @@ def _entry(data: object, path: Path, index: int) -> Finding:
             call=str(data.get("call", "")),
         )
     except (AssertionError, KeyError, TypeError, ValueError):
+        raise ValueError(f"not a finding: {data!r}") from None
+
+
+def _entry(data: object, path: Path, index: int) -> Finding:
+    try:
+        return from_dict(data)
+    except ValueError:
         raise BaselineError(
             f"{path}: entry {index} is not a finding "
             f"(needs test, kind, file, line, code, call): {data!r}"

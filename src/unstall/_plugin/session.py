@@ -6,13 +6,14 @@ and no warning's location of a run that did not ask for it.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 
 import pytest
 
-from unstall._plugin.baseline import Baseline, BaselineError
+from unstall._plugin.baseline import Baseline, BaselineError, from_dict
 from unstall._plugin.containment import contained, notes_since
 from unstall._plugin.guard import Guard, Problem
 from unstall._plugin.markers import on_trio, settings_for
@@ -23,7 +24,9 @@ from unstall._plugin.unittest_loop import normal_mode_loop
 
 GUARD = pytest.StashKey[Guard]()
 FIRST_STALL = pytest.StashKey[int]()
-FINDINGS = "unstall"
+FIRST_FINDING = pytest.StashKey[int]()
+FINDINGS = "unstall"  # a test's stalls, sent by an xdist worker
+BASELINE_FINDINGS = "unstall-findings"  # a test's findings, for the controller's baseline
 NAME = "unstall-session"
 
 
@@ -65,6 +68,7 @@ class Session:
                 guard.uninstall = policy.install()
         item.stash[GUARD] = guard
         item.stash[FIRST_STALL] = len(self.log.stalls)
+        item.stash[FIRST_FINDING] = len(self.log.findings)
         return guard
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -109,18 +113,27 @@ class Session:
         if guard is not None:
             with contained("the pytest plugin's report", "a stall of this test may be unreported"):
                 _judge(guard, call, report)
-                if call.when == "teardown" and hasattr(self.config, "workerinput"):
+                if call.when == "teardown" and self._on_worker:
                     self._send_to_controller(item, report)
         return report
 
     def _send_to_controller(self, item: pytest.Item, report: pytest.TestReport) -> None:
-        """Under pytest-xdist: the test's stalls travel with its last report."""
+        """Under pytest-xdist: the test's stalls and findings travel with its last report.
+
+        The findings (stalls and blocking calls, known or not) are for the controller's
+        strict-mode summary and baseline; with a baseline they are sent even when there
+        are none, so that the controller knows the test ran (a fixed entry is stale).
+        """
         from unstall._report.findings import worker_findings
 
         stalls = self.log.stalls[item.stash.get(FIRST_STALL, len(self.log.stalls)) :]
         if stalls:
             found = worker_findings((s, self.log.started_at) for s in stalls)
             report.user_properties.append((FINDINGS, found))
+        findings = self.log.findings[item.stash.get(FIRST_FINDING, len(self.log.findings)) :]
+        if findings or self.log.baseline is not None:
+            sent = [dataclasses.asdict(f) for f in findings]
+            report.user_properties.append((BASELINE_FINDINGS, sent))
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         """On xdist's controller: a worker's stalls join the summary and the output files."""
@@ -132,14 +145,32 @@ class Session:
             if name == FINDINGS:
                 for stall, origin in read_findings(value):
                     self.log.add_stall(stall, origin)
+            elif name == BASELINE_FINDINGS:
+                self._add_worker_findings(report.nodeid, value)
+
+    def _add_worker_findings(self, test: str, value: object) -> None:
+        """A worker's findings for one test: the controller's baseline is the run's."""
+        if self.log.baseline is not None:
+            self.log.baseline.tests_run.add(test)
+        for data in value if isinstance(value, list) else ():
+            try:
+                found = from_dict(data)
+            except ValueError:
+                continue  # not from this version of unstall: nothing to record
+            self.log.known(found)  # the worker judged its test; this only records it
+
+    @property
+    def _on_worker(self) -> bool:
+        """An xdist worker: the controller writes the baseline and the report files."""
+        return hasattr(self.config, "workerinput")
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         baseline = self.log.baseline
         interrupted = exitstatus in (pytest.ExitCode.INTERRUPTED, pytest.ExitCode.USAGE_ERROR)
-        if baseline is not None and baseline.writing and not interrupted:
+        if baseline is not None and baseline.writing and not interrupted and not self._on_worker:
             with contained("the pytest plugin's baseline", f"{baseline.path} was not written"):
                 baseline.save()
-        if self.defaults.outputs:
+        if self.defaults.outputs and not self._on_worker:
             argv = ["pytest", *self.config.invocation_params.args]
             with contained("the pytest plugin's report files", "a report file was not written"):
                 self.messages += self.log.write_outputs(self.defaults.outputs, argv)

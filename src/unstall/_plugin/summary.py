@@ -28,11 +28,13 @@ class SuiteLog:
         self.started_at = time.time()
         self.stalls: list[Stall] = []
         self.blocking: list[Finding] = []
+        self.findings: list[Finding] = []  # every stall and blocking call, known or not
         self.lanes: dict[str, LoopInfo] = {}
         self.trio_skipped = 0
         self._lag_points = 0
 
     def known(self, found: Finding) -> bool:
+        self.findings.append(found)
         if found.kind == "blocking":
             self.blocking.append(found)
         return self.baseline is not None and self.baseline.known(found)
