@@ -29,6 +29,10 @@ class BlockingCallError(RuntimeError):
         function: The function containing that line.
         stack: The callback's frames, outermost first.
         hint: How to move the call off the loop.
+        kind: What the call waits on: ``"network"``, ``"file"``, ``"sleep"``, ``"lock"``,
+            ``"subprocess"``, ``"database"`` or ``"input"``.
+        took_s: Seconds the call took, for a cheap call strict mode timed (``os.stat``
+            over the budget); ``None`` for a call reported before it ran.
     """
 
     def __init__(
@@ -41,6 +45,8 @@ class BlockingCallError(RuntimeError):
         function: str = "?",
         stack: tuple[Frame, ...] = (),
         hint: str = "",
+        kind: str = "",
+        took_s: float | None = None,
     ) -> None:
         super().__init__(message)
         self.call = call
@@ -49,13 +55,26 @@ class BlockingCallError(RuntimeError):
         self.function = function
         self.stack = stack
         self.hint = hint
+        self.kind = kind
+        self.took_s = took_s
 
     def __reduce__(self) -> Any:  # keep the attributes across pickling (xdist, processes)
-        return _rebuild_error, (self.args[0], self.call, self.file, self.line, self.function)
+        fields = (self.call, self.file, self.line, self.function, self.kind, self.took_s)
+        return _rebuild_error, (self.args[0], *fields)
 
 
-def _rebuild_error(message: str, call: str, file: str, line: int, fn: str) -> BlockingCallError:
-    return BlockingCallError(message, call=call, file=file, line=line, function=fn)
+def _rebuild_error(
+    message: str,
+    call: str,
+    file: str,
+    line: int,
+    fn: str,
+    kind: str = "",
+    took_s: float | None = None,
+) -> BlockingCallError:
+    return BlockingCallError(
+        message, call=call, file=file, line=line, function=fn, kind=kind, took_s=took_s
+    )
 
 
 class BlockingCallWarning(RuntimeWarning):

@@ -6,8 +6,10 @@ hook wrapper, no watcher, no thread) unless asked:
 * ``pytest --unstall[=THRESHOLD]`` or ini ``unstall_watch = true``: every test is
   watched (the loops of pytest-asyncio, anyio and ``asyncio.run`` inside a sync test);
   one that stalls a loop longer than the threshold fails, with culprit, duration, stack.
-* ``pytest --unstall-strict`` or ini ``unstall_strict = true``: strict mode (action
-  ``raise``) for every test: a blocking call on a loop fails the test at its line.
+* ``pytest --unstall-strict[=costly|all|project]`` or ini ``unstall_strict = true`` (or
+  a mode): strict mode (action ``raise``) for every test: a costly blocking call on a
+  loop fails the test at its line; a cheap one within ``--unstall-strict-budget`` warns
+  once per call site. The summary lists each call site once, with its count of tests.
 * ``--unstall-baseline=FILE``: findings listed in FILE do not fail their test; a missing
   FILE is written with every finding of the run (which passes).
 * ``--unstall-html=FILE``: the suite's stalls as an HTML timeline.

@@ -105,12 +105,39 @@ def test_the_budget_and_level_all_are_honoured(tmp_path: Path) -> None:
     assert len(warned) == 1
 
 
-def test_project_only_leaves_out_what_dependencies_do(local_server: str) -> None:
-    # requests blocks on its own frames (an installed package): not the project's call.
-    reply, _ = on_loop(lambda: requests.get(local_server, timeout=5).status_code, only="project")
-    assert reply == 200
-    with pytest.raises(unstall.BlockingCallError):
-        on_loop(lambda: time.sleep(0.001), only="project")
+def test_project_only_leaves_out_what_dependencies_do(
+    local_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An installed package that blocks on its own, with no project frame on the stack.
+    site = tmp_path / "site-packages"
+    site.mkdir()
+    (site / "napdep.py").write_text("import time\n\ndef nap():\n    time.sleep(0.001)\n")
+    monkeypatch.syspath_prepend(str(site))
+    import napdep
+
+    def warned(only: str) -> list[str]:
+        loop = asyncio.new_event_loop()
+        try:
+            with (
+                warnings.catch_warnings(record=True) as caught,
+                unstall.strict(
+                    action="warn",
+                    only=only,  # type: ignore[arg-type]
+                ),
+            ):
+                warnings.simplefilter("always")
+                loop.call_soon(napdep.nap)  # the callback's only frame outside asyncio
+                loop.run_until_complete(asyncio.sleep(0.01))
+        finally:
+            loop.close()
+        return [w.filename for w in caught if w.category is unstall.BlockingCallWarning]
+
+    assert warned("all") == [napdep.__file__]
+    assert warned("project") == []
+    # The culprit of requests.get here is this file's line: the project's call.
+    with pytest.raises(unstall.BlockingCallError) as info:
+        on_loop(lambda: requests.get(local_server, timeout=5), only="project")
+    assert info.value.file == __file__
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,10 @@ stalls one at a time. A finding is keyed by the test id, the kind (``stall`` or
 and the culprit's source line text, so that an edit elsewhere in the file, which moves the
 line, does not turn a known finding into a new one. The line number is kept for readers
 (and used as the key only when the source line cannot be read).
+
+A blocking call (strict mode) is one finding per call site, whichever tests reach it: its
+key leaves the test out, and the file keeps the first test that reached it and ``tests``,
+how many did. A stall is a finding of its test.
 """
 
 from __future__ import annotations
@@ -39,7 +43,8 @@ class Finding:
 
     @property
     def key(self) -> Key:
-        return (self.test, self.kind, self.file, self.call, self.code or f"line {self.line}")
+        test = "" if self.kind == "blocking" else self.test  # a call site, whatever the test
+        return (test, self.kind, self.file, self.call, self.code or f"line {self.line}")
 
     @property
     def where(self) -> str:
@@ -123,12 +128,22 @@ def read(path: Path) -> list[Finding]:
 
 
 def write(path: Path, findings: Iterable[Finding]) -> int:
-    """Write the distinct findings, sorted; atomically. Returns how many were written."""
-    unique = {f.key: f for f in findings}
+    """Write the distinct findings, sorted; atomically. Returns how many were written.
+
+    A blocking call site is written once, with the first test that reached it and the
+    number of tests that did.
+    """
+    unique: dict[Key, Finding] = {}
+    tests: dict[Key, set[str]] = {}
+    for found in findings:
+        unique.setdefault(found.key, found)
+        tests.setdefault(found.key, set()).add(found.test)
     ordered = sorted(unique.values(), key=lambda f: (f.test, f.file, f.line, f.kind, f.call))
-    text = json.dumps(
-        {"version": BASELINE_VERSION, "findings": [asdict(f) for f in ordered]}, indent=2
-    )
+    entries = [
+        {**asdict(f), "tests": len(tests[f.key])} if f.kind == "blocking" else asdict(f)
+        for f in ordered
+    ]
+    text = json.dumps({"version": BASELINE_VERSION, "findings": entries}, indent=2)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text + "\n", encoding="utf-8")
     os.replace(tmp, path)
@@ -163,7 +178,11 @@ class Baseline:
         return self.writing or found.key in self._known
 
     def stale(self) -> list[Finding]:
-        """Entries for tests that ran this time whose finding was not seen."""
+        """Entries for tests that ran this time whose finding was not seen.
+
+        A call site's entry is judged by its first test: when that test ran and no test
+        reached the call site, the entry is stale.
+        """
         seen = {f.key for f in self.seen}
         return [f for f in self.entries or () if f.test in self.tests_run and f.key not in seen]
 

@@ -28,6 +28,10 @@ class Ledger(Protocol):
 
     def known(self, found: Finding) -> bool: ...
 
+    def record_blocking(
+        self, test: str, found: Finding, error: BlockingCallError, *, fails: bool
+    ) -> bool: ...
+
     def record_stalls(self, test: str, report: Report) -> None: ...
 
 
@@ -53,17 +57,25 @@ class Guard:
 
     def on_blocking(self, error: BlockingCallError) -> bool | None:
         """Strict mode's sink: ``False`` lets a known (baselined) call go ahead."""
-        code = error.stack[-1].code if error.stack else None
-        for frame in error.stack:
-            if frame.file == error.file and frame.line == error.line:
-                code = frame.code
-        found = finding(
-            self.test, "blocking", error.file, error.line, code, error.call, self.ledger.root
-        )
+        found = self._finding(error)
+        self.ledger.record_blocking(self.test, found, error, fails=True)
         if self.ledger.known(found):
             return False
         self.problems.append(Problem(self.phase, strict_text(error, self.phase), error))
         return None
+
+    def on_cheap_call(self, error: BlockingCallError) -> bool:
+        """Strict mode's notice of a cheap call: counted; warned only the first time in the run."""
+        return self.ledger.record_blocking(self.test, self._finding(error), error, fails=False)
+
+    def _finding(self, error: BlockingCallError) -> Finding:
+        code = error.stack[-1].code if error.stack else None
+        for frame in error.stack:
+            if frame.file == error.file and frame.line == error.line:
+                code = frame.code
+        return finding(
+            self.test, "blocking", error.file, error.line, code, error.call, self.ledger.root
+        )
 
     def start_phase(self, phase: str) -> None:
         self.phase = phase

@@ -14,6 +14,24 @@ if TYPE_CHECKING:
     from unstall._report.writers import Writer
 
 DEFAULT_THRESHOLD = 0.1
+DEFAULT_BUDGET = 0.001
+# --unstall-strict=VALUE and ini unstall_strict: what each word sets.
+_STRICT_WORDS = {
+    "costly": ("level", "costly"),
+    "all": ("level", "all"),
+    "project": ("only", "project"),
+}
+_INI_TRUE = ("true", "yes", "on", "1")
+_INI_FALSE = ("false", "no", "off", "0", "")
+
+
+@dataclass(frozen=True, slots=True)
+class StrictMode:
+    """How strict mode reports, for every test it is on in (``unstall.strict``'s options)."""
+
+    level: str = "costly"
+    only: str = "all"
+    budget: float = DEFAULT_BUDGET
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +43,7 @@ class Defaults:
     strict: bool
     baseline: Path | None = None
     outputs: tuple[tuple[Writer, str], ...] = ()  # --unstall-json/html/trace files
+    mode: StrictMode = StrictMode()
 
     @property
     def active(self) -> bool:
@@ -46,9 +65,21 @@ def add_options(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--unstall-strict",
-        action="store_true",
+        nargs="?",
+        const="costly",
         default=None,
-        help="strict mode for every test: a blocking call on an event loop fails the test",
+        metavar="MODE",
+        help="strict mode for every test: a blocking call on an event loop fails the test; "
+        "MODE (written --unstall-strict=project) is costly (default: cheap metadata calls "
+        "within the budget only warn, once per call site), all (every known call fails) "
+        "or project (only calls whose culprit line is the project's), or all,project",
+    )
+    group.addoption(
+        "--unstall-strict-budget",
+        default=None,
+        metavar="SECONDS",
+        help="seconds a cheap call (os.stat, a small read) may take in strict mode before it "
+        f"fails its test (default: ini unstall_strict_budget, else {DEFAULT_BUDGET})",
     )
     group.addoption(
         "--unstall-baseline",
@@ -69,7 +100,14 @@ def add_options(parser: pytest.Parser) -> None:
         )
     parser.addini("unstall_watch", "watch every test's event loops, as --unstall", type="bool")
     parser.addini("unstall_threshold", "default stall threshold in seconds", default="")
-    parser.addini("unstall_strict", "strict mode for every test, as --unstall-strict", type="bool")
+    parser.addini(
+        "unstall_strict",
+        "strict mode for every test, as --unstall-strict: true, false, costly, all, project",
+        default="",
+    )
+    parser.addini(
+        "unstall_strict_budget", "strict mode's budget for cheap calls, in seconds", default=""
+    )
 
 
 def parse_threshold(value: object, source: str) -> float:
@@ -149,12 +187,70 @@ def _outputs(config: pytest.Config) -> tuple[tuple[Writer, str], ...]:
     return tuple(outputs)
 
 
+def parse_strict(value: str, source: str) -> StrictMode:
+    """``costly``, ``all``, ``project`` or ``all,project``; UsageError naming ``source``."""
+    settings: dict[str, str] = {}
+    for word in (w.strip().lower() for w in value.split(",")):
+        known = _STRICT_WORDS.get(word)
+        if known is None or known[0] in settings:
+            raise pytest.UsageError(
+                f"{source} takes costly, all or project (or all,project), got {value!r}"
+            )
+        settings[known[0]] = known[1]
+    return StrictMode(settings.get("level", "costly"), settings.get("only", "all"))
+
+
+def _cli_strict(config: pytest.Config, raw: str) -> StrictMode:
+    """``--unstall-strict VALUE``; a VALUE that is a test path was meant as one: hand it back."""
+    try:
+        return parse_strict(raw, "--unstall-strict")
+    except pytest.UsageError:
+        if not raw.strip() or not Path(raw.split("::")[0]).exists():
+            raise
+    if config.args_source == pytest.Config.ArgsSource.ARGS:
+        config.args.insert(0, raw)
+    else:
+        config.args[:] = [raw]
+    return StrictMode()
+
+
+def _ini_strict(config: pytest.Config) -> StrictMode | None:
+    raw = config.getini("unstall_strict")
+    text = str(raw).strip().lower() if not isinstance(raw, bool) else str(raw).lower()
+    if text in _INI_FALSE:
+        return None
+    if text in _INI_TRUE:
+        return StrictMode()
+    return parse_strict(text, "ini option unstall_strict")
+
+
+def _budget(config: pytest.Config) -> float:
+    raw = config.getoption("unstall_strict_budget")
+    if raw is not None:
+        return parse_threshold(raw, "--unstall-strict-budget")
+    ini = str(config.getini("unstall_strict_budget")).strip()
+    return parse_threshold(ini, "ini option unstall_strict_budget") if ini else DEFAULT_BUDGET
+
+
+def _strict_mode(config: pytest.Config) -> tuple[bool, StrictMode]:
+    """Whether the option or the ini turns strict mode on for every test, and how it reports.
+
+    The budget is read (and checked) either way: a marker may turn strict mode on.
+    """
+    raw = config.getoption("unstall_strict")
+    mode = _cli_strict(config, raw) if raw is not None else _ini_strict(config)
+    budget = _budget(config)
+    if mode is None:
+        return False, StrictMode(budget=budget)
+    return True, StrictMode(mode.level, mode.only, budget)
+
+
 def read_defaults(config: pytest.Config) -> Defaults:
     """The run's defaults from the options, ini and ``[tool.unstall]``; UsageError if bad."""
     raw = config.getoption("unstall")
     watch = raw is not None or bool(config.getini("unstall_watch"))
     threshold = _cli_threshold(config, raw) if raw else None
-    strict = bool(config.getoption("unstall_strict") or config.getini("unstall_strict"))
+    strict, mode = _strict_mode(config)
     baseline = _path_option(config, "unstall_baseline", "--unstall-baseline")
     outputs = _outputs(config)
     # Report files watch every test, as --unstall; a baseline alone watches stalls too.
@@ -162,4 +258,4 @@ def read_defaults(config: pytest.Config) -> Defaults:
     if threshold is None:
         # Read [tool.unstall] only for a run that watches: an idle plugin costs nothing.
         threshold = _default_threshold(config) if watch or strict else DEFAULT_THRESHOLD
-    return Defaults(watch, threshold, strict, baseline, outputs)
+    return Defaults(watch, threshold, strict, baseline, outputs, mode)

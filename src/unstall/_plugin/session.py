@@ -43,7 +43,8 @@ class Session:
                 baseline = Baseline.load(defaults.baseline)
             except BaselineError as exc:
                 raise pytest.UsageError(str(exc)) from None
-        self.log = SuiteLog(config.rootpath, defaults.threshold, baseline)
+        test_globs = tuple(str(g) for g in config.getini("python_files"))
+        self.log = SuiteLog(config.rootpath, defaults.threshold, baseline, test_globs)
         self.messages: list[str] = []
 
     def _start(self, item: pytest.Item) -> Guard | None:
@@ -62,7 +63,16 @@ class Session:
                 from unstall._strict.api import strict
 
                 try:
-                    policy = strict(action="raise", allow=settings.allow, _sink=guard.on_blocking)
+                    mode = self.defaults.mode
+                    policy = strict(
+                        action="raise",
+                        allow=settings.allow,
+                        level=mode.level,  # type: ignore[arg-type]
+                        budget=mode.budget,
+                        only=mode.only,  # type: ignore[arg-type]
+                        _sink=guard.on_blocking,
+                        _notice=guard.on_cheap_call,
+                    )
                 except (TypeError, ValueError) as exc:
                     raise pytest.UsageError(f"{item.nodeid}: unstall strict mode: {exc}") from None
                 guard.uninstall = policy.install()

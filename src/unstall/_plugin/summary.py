@@ -3,41 +3,98 @@ the ``--unstall-json/html/trace`` files and the baseline."""
 
 from __future__ import annotations
 
+import fnmatch
 import time
-from collections import Counter
-from pathlib import Path
+from dataclasses import dataclass, field
+from pathlib import Path, PurePath
 from typing import TYPE_CHECKING
 
 from unstall._plugin.baseline import Baseline, Finding
 from unstall._report.records import LoopInfo, Report, Stall
 
 if TYPE_CHECKING:
+    from unstall._exceptions import BlockingCallError
     from unstall._report.writers import Writer
 
 _MAX_LAG_POINTS = 200_000  # the timeline downsamples anyway; this bounds memory
 _MAX_PLACES = 12
+_TEST_DIRS = frozenset({"tests", "test", "testing"})
+
+
+@dataclass(slots=True)
+class CallSite:
+    """One strict-mode call site across the suite: one finding, however many tests hit it."""
+
+    call: str
+    where: str
+    kind: str
+    origin: str  # "project", "test code", "dependency" or "stdlib"
+    fails: bool = False  # a failing (costly) report here; else warnings only
+    tests: set[str] = field(default_factory=set)
+    worst_s: float | None = None  # the longest timed call (cheap calls are timed)
+
+    def add(self, test: str, error: BlockingCallError, fails: bool) -> None:
+        self.tests.add(test)
+        self.fails = self.fails or fails
+        if error.took_s is not None and (self.worst_s is None or error.took_s > self.worst_s):
+            self.worst_s = error.took_s
+
+
+def origin_of(file: str, root: Path, test_globs: tuple[str, ...]) -> str:
+    """Whose code a culprit file is: the project's, its tests', a dependency's or stdlib's."""
+    from unstall._strict.allow import is_installed, is_stdlib
+
+    if is_stdlib(file):
+        return "stdlib"
+    if is_installed(file) or file.startswith("<"):
+        return "dependency"
+    path = PurePath(file)
+    try:
+        parts = path.relative_to(root).parts[:-1]
+    except ValueError:
+        parts = path.parts[:-1]
+    named_test = any(fnmatch.fnmatch(path.name, g) for g in (*test_globs, "conftest.py"))
+    return "test code" if named_test or _TEST_DIRS & set(parts) else "project"
 
 
 class SuiteLog:
     """Collects what every watched test found; one per run (the :class:`Ledger`)."""
 
-    def __init__(self, root: Path, threshold: float, baseline: Baseline | None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        threshold: float,
+        baseline: Baseline | None,
+        test_globs: tuple[str, ...] = ("test_*.py", "*_test.py"),
+    ) -> None:
         self.root = root
         self.threshold = threshold
         self.baseline = baseline
+        self.test_globs = test_globs
         self.started_at = time.time()
         self.stalls: list[Stall] = []
-        self.blocking: list[Finding] = []
         self.findings: list[Finding] = []  # every stall and blocking call, known or not
+        self.sites: dict[tuple[str, str], CallSite] = {}
         self.lanes: dict[str, LoopInfo] = {}
         self.trio_skipped = 0
         self._lag_points = 0
 
     def known(self, found: Finding) -> bool:
         self.findings.append(found)
-        if found.kind == "blocking":
-            self.blocking.append(found)
         return self.baseline is not None and self.baseline.known(found)
+
+    def record_blocking(
+        self, test: str, found: Finding, error: BlockingCallError, *, fails: bool
+    ) -> bool:
+        """Count a strict report at its call site; whether the site is new to this run."""
+        key = (found.where, found.call)
+        site = self.sites.get(key)
+        new = site is None
+        if site is None:
+            origin = origin_of(error.file, self.root, self.test_globs)
+            site = self.sites[key] = CallSite(found.call, found.where, error.kind, origin)
+        site.add(test, error, fails)
+        return new
 
     def record_stalls(self, test: str, report: Report) -> None:
         """Keep a test phase's stalls and loop lag, on the suite's clock, one lane a thread."""
@@ -111,21 +168,30 @@ class SuiteLog:
         return lines
 
     def _blocking_lines(self) -> list[str]:
-        if not self.blocking:
+        if not self.sites:
             return []
-        places = Counter((f.where, f.call) for f in self.blocking)
+        sites = sorted(self.sites.values(), key=lambda c: (not c.fails, -len(c.tests), c.where))
+        failing = sum(c.fails for c in sites)
+        tests = len(set().union(*(c.tests for c in sites)))
         lines = [
             "",
-            f"unstall strict mode: {len(self.blocking)} blocking "
-            f"call{'s' if len(self.blocking) != 1 else ''} at {len(places)} "
-            f"place{'s' if len(places) != 1 else ''}",
+            f"unstall strict mode: {_plural(len(sites), 'call site')} ({failing} failing, "
+            f"{len(sites) - failing} warning only) in {_plural(tests, 'test')}",
             "",
-            "  count  call  where",
+            "  tests  worst     kind        origin      rule  call  where",
         ]
-        for (where, call), count in places.most_common(_MAX_PLACES):
-            lines.append(f"  {count:>4}x  {call}  {where}")
-        if len(places) > _MAX_PLACES:
-            lines.append(f"  ... and {len(places) - _MAX_PLACES} more places")
+        for c in sites[:_MAX_PLACES]:
+            worst = _short_duration(c.worst_s)
+            rule = "fail" if c.fails else "warn"
+            lines.append(
+                f"  {len(c.tests):>4}x  {worst:<8}  {c.kind:<10}  {c.origin:<10}  {rule}  "
+                f"{c.call}  {c.where}"
+            )
+        if len(sites) > _MAX_PLACES:
+            lines.append(f"  ... and {len(sites) - _MAX_PLACES} more call sites")
+        lines.append(
+            "  (fail: each test failed there; warn: cheap, within the budget, warned once)"
+        )
         return lines
 
     def _baseline_lines(self) -> list[str]:
@@ -142,3 +208,20 @@ class SuiteLog:
         lines = ["", f"{len(stale)} baseline {entries} fixed: remove them from {baseline.path}"]
         lines += [f"  {f.test}  {f.kind} {f.call or '?'} at {f.where}" for f in stale]
         return lines
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _short_duration(seconds: float | None) -> str:
+    """A strict call's time: microseconds and milliseconds are its scale."""
+    if seconds is None:
+        return "-"
+    if seconds < 0.001:
+        return f"{seconds * 1e6:.0f} us"
+    if seconds < 0.1:
+        return f"{seconds * 1e3:.1f} ms"
+    from unstall._report.format import format_duration
+
+    return format_duration(seconds)

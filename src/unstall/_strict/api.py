@@ -110,9 +110,9 @@ class strict:  # lowercase: it reads as a function at the call site
             :class:`BlockingCallWarning`, past it as any blocking call. ``"all"``: every
             known blocking call is reported alike.
         budget: Seconds a cheap call may take before it counts as blocking (default 1 ms).
-        only: ``"all"`` (default), or ``"project"`` to report only calls your own code
-            makes (the innermost frame outside the standard library is not an installed
-            package), leaving out what dependencies do on their own.
+        only: ``"all"`` (default), or ``"project"`` to report only calls whose culprit
+            frame (the line the report names) is your own code, not an installed package
+            or the standard library: what dependencies do on their own is left out.
 
     Raises:
         ValueError: unknown ``action``, ``level`` or ``only``, a ``budget`` that is not a
@@ -132,6 +132,7 @@ class strict:  # lowercase: it reads as a function at the call site
         budget: float = 0.001,
         only: Only = "all",
         _sink: Callable[[BlockingCallError], bool | None] | None = None,
+        _notice: Callable[[BlockingCallError], bool | None] | None = None,
     ) -> None:
         from unstall._strict.report import Policy  # the engine loads on first use
 
@@ -142,6 +143,7 @@ class strict:  # lowercase: it reads as a function at the call site
             level=_check_choice("level", level, LEVELS),
             budget_s=_check_budget(budget),
             project_only=_check_choice("only", only, ONLY) == "project",
+            notice=_notice,
         )
         self._entered: list[_Scope] = []
 

@@ -68,18 +68,22 @@ def _frames(rule: Rule, policy: Policy, caller: FrameType) -> list[FrameType] | 
     frames = callback_frames(caller, _OWN_FILES)
     if _DEFAULTS.allows_any(own_frames(frames)) or policy.allow.allows_any(frames):
         return None
-    if policy.project_only and not _made_by_project(frames):
+    if policy.project_only and not _made_by_project(frames, rule):
         return None
     return frames
 
 
-def _made_by_project(frames: list[FrameType]) -> bool:
-    """The innermost frame outside the standard library is not an installed package's."""
-    for frame in frames:
-        filename = frame.f_code.co_filename
-        if not is_stdlib(filename):
-            return not is_installed(filename)
-    return False
+def _made_by_project(frames: list[FrameType], rule: Rule) -> bool:
+    """The culprit frame (the one the report names) is the project's, not a dependency's.
+
+    A dependency's own call (fastapi stat-ing an endpoint's source file with no project
+    frame on the stack) is not; ``requests.get`` in your handler is.
+    """
+    culprit = site(frames, rule)
+    if culprit is None:
+        return False
+    filename = culprit.f_code.co_filename
+    return not is_stdlib(filename) and not is_installed(filename)
 
 
 def _judge(
@@ -179,9 +183,9 @@ def _report_cheap(
     shown = describe(rule, args, method)
     if took > policy.budget_s:
         shown += f", which took {took * 1e3:.1f} ms (over the {policy.budget_s * 1e3:g} ms budget)"
-        emit(policy, build_error(rule, shown, frames), site(frames, rule))
+        emit(policy, build_error(rule, shown, frames, took), site(frames, rule))
     else:
-        emit_minor(policy, build_error(rule, shown, frames), site(frames, rule), took)
+        emit_minor(policy, build_error(rule, shown, frames, took), site(frames, rule), took)
 
 
 def _wrap(spec: Patch, original: Callable[..., Any]) -> Callable[..., Any]:

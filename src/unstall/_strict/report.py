@@ -47,6 +47,9 @@ class Policy:
     project_only: bool = False
     warned: set[tuple[str, str, int]] = field(default_factory=set, compare=False)
     """Call sites of cheap calls already reported."""
+    notice: Callable[[BlockingCallError], bool | None] | None = None
+    """Told of a cheap call within the budget, once per call site of this policy; returning
+    ``False`` keeps the warning back (the pytest plugin warns once per site per run)."""
 
 
 def describe(rule: Rule, args: tuple[Any, ...], method: bool) -> str:
@@ -86,7 +89,9 @@ def site(frames: Sequence[FrameType], rule: Rule) -> FrameType | None:
     return fallback or (frames[0] if frames else None)
 
 
-def build_error(rule: Rule, shown: str, frames: Sequence[FrameType]) -> BlockingCallError:
+def build_error(
+    rule: Rule, shown: str, frames: Sequence[FrameType], took: float | None = None
+) -> BlockingCallError:
     culprit = site(frames, rule)
     stack = tuple(_to_frame(f) for f in reversed(frames[:_STACK_LIMIT]))
     if culprit is None:
@@ -113,6 +118,8 @@ def build_error(rule: Rule, shown: str, frames: Sequence[FrameType]) -> Blocking
         function=function,
         stack=stack,
         hint=rule.hint,
+        kind=rule.kind,
+        took_s=took,
     )
 
 
@@ -124,6 +131,8 @@ def emit_minor(
     if key in policy.warned:
         return
     policy.warned.add(key)  # not the sink's: a cheap call fails no test
+    if policy.notice is not None and policy.notice(error) is False:
+        return
     note = (
         f"A cheap call ({took * 1e6:.0f} us, within the {policy.budget_s * 1e3:g} ms budget): "
         'reported once per call site, not failed; strict(level="all") fails it.'

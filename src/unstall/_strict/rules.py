@@ -41,6 +41,17 @@ _PROC = (
 _LOCK = "use an `asyncio.Lock`/`asyncio.Event`/`asyncio.Queue`, or wait in a thread with `unstall.to_thread`"
 _HTTP = "use an async client (`httpx.AsyncClient`, aiohttp) or run it in a thread with `unstall.to_thread`"
 _SQL = "run queries in a thread with `unstall.to_thread` (or use aiosqlite)"
+# What a call waits on, by its fix: the summary's "kind" column.
+_KINDS = {
+    _SLEEP: "sleep",
+    _FILE: "file",
+    _SOCKET: "network",
+    _DNS: "network",
+    _HTTP: "network",
+    _PROC: "subprocess",
+    _LOCK: "lock",
+    _SQL: "database",
+}
 
 
 def _always(args: Args, kwargs: Kwargs) -> bool:
@@ -225,6 +236,11 @@ class Rule:
     @property
     def hint(self) -> str:
         return self.fix.replace("{call}", self.call)
+
+    @property
+    def kind(self) -> str:
+        """What the call waits on: network, file, sleep, lock, subprocess, database, input."""
+        return _KINDS.get(self.fix, "input")
 
 
 @dataclass(frozen=True, slots=True)
