@@ -180,8 +180,8 @@ def test_a_worker_s_blocking_call_reaches_the_controller_s_strict_summary(
     result.assert_outcomes(passed=1, failed=1)
     out = result.stdout.str()
     summary = out[out.index("unstall summary") :]
-    assert "strict mode: 1 blocking call at 1 place" in summary, summary
-    assert "time.sleep  test_suite.py:7" in summary, summary
+    assert "1 call site (1 failing, 0 warning only) in 1 test" in summary, summary
+    assert "fail  time.sleep  test_suite.py:7" in summary, summary
 
 
 MARKED_SUITE = """
@@ -214,3 +214,37 @@ def test_a_marked_test_s_stall_reaches_the_controller_without_the_option(
     out = result.stdout.str()
     summary = out[out.index("unstall summary") :]
     assert "test_suite.py:10 in main" in summary, summary
+
+
+SHARED_STRICT_SUITE = """
+import asyncio
+
+import pytest
+
+
+def load():
+    with open(__file__) as f:  # the shared call site
+        return f.read()
+
+
+@pytest.mark.parametrize("n", range(4))
+def test_loads(n):
+    async def main():
+        load()
+
+    asyncio.run(main())
+"""
+
+
+def test_a_strict_call_site_hit_on_several_workers_is_one_line_of_the_summary(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makeini(INI)
+    pytester.makepyfile(test_suite=SHARED_STRICT_SUITE)
+    result = pytester.runpytest_subprocess(
+        "-n", "2", "--unstall-strict", "-p", "no:cacheprovider", "-p", "xdist"
+    )
+    result.assert_outcomes(failed=4)
+    summary = result.stdout.str()[result.stdout.str().index("unstall summary") :]
+    assert "1 call site (1 failing, 0 warning only) in 4 tests" in summary, summary
+    assert "4x  -         file        test code   fail  open  test_suite.py:7" in summary, summary

@@ -14,6 +14,7 @@ from unstall._plugin.markers import Settings
 
 if TYPE_CHECKING:
     from unstall._exceptions import BlockingCallError
+    from unstall._plugin.summary import Hit
     from unstall._report.records import Report, Stall
     from unstall._watch.watcher import Watcher
 
@@ -28,9 +29,9 @@ class Ledger(Protocol):
 
     def known(self, found: Finding) -> bool: ...
 
-    def record_blocking(
-        self, test: str, found: Finding, error: BlockingCallError, *, fails: bool
-    ) -> bool: ...
+    def hit(self, found: Finding, error: BlockingCallError, *, fails: bool) -> Hit: ...
+
+    def add_hit(self, test: str, hit: Hit) -> bool: ...
 
     def record_stalls(self, test: str, report: Report) -> None: ...
 
@@ -53,12 +54,13 @@ class Guard:
     watcher: Watcher | None = None
     uninstall: object = None
     problems: list[Problem] = field(default_factory=list)
+    hits: dict[tuple[str, str], Hit] = field(default_factory=dict)  # strict reports, by site
     started: float = field(default_factory=time.monotonic)
 
     def on_blocking(self, error: BlockingCallError) -> bool | None:
         """Strict mode's sink: ``False`` lets a known (baselined) call go ahead."""
         found = self._finding(error)
-        self.ledger.record_blocking(self.test, found, error, fails=True)
+        self._add_hit(self.ledger.hit(found, error, fails=True))
         if self.ledger.known(found):
             return False
         self.problems.append(Problem(self.phase, strict_text(error, self.phase), error))
@@ -66,7 +68,11 @@ class Guard:
 
     def on_cheap_call(self, error: BlockingCallError) -> bool:
         """Strict mode's notice of a cheap call: counted; warned only the first time in the run."""
-        return self.ledger.record_blocking(self.test, self._finding(error), error, fails=False)
+        return self._add_hit(self.ledger.hit(self._finding(error), error, fails=False))
+
+    def _add_hit(self, hit: Hit) -> bool:
+        self.hits[hit.where, hit.call] = hit  # sent on from an xdist worker
+        return self.ledger.add_hit(self.test, hit)
 
     def _finding(self, error: BlockingCallError) -> Finding:
         code = error.stack[-1].code if error.stack else None

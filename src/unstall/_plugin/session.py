@@ -6,6 +6,7 @@ and no warning's location of a run that did not ask for it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Generator, Iterator
@@ -18,7 +19,7 @@ from unstall._plugin.containment import contained, notes_since
 from unstall._plugin.guard import Guard, Problem
 from unstall._plugin.markers import on_trio, settings_for
 from unstall._plugin.options import Defaults
-from unstall._plugin.summary import SuiteLog
+from unstall._plugin.summary import Hit, SuiteLog
 from unstall._plugin.tracebacks import strip_own_frames
 from unstall._plugin.unittest_loop import normal_mode_loop
 
@@ -27,6 +28,7 @@ FIRST_STALL = pytest.StashKey[int]()
 FIRST_FINDING = pytest.StashKey[int]()
 FINDINGS = "unstall"  # a test's stalls, sent by an xdist worker
 BASELINE_FINDINGS = "unstall-findings"  # a test's findings, for the controller's baseline
+STRICT_FINDINGS = "unstall-strict"  # a test's strict reports, for the summary
 NAME = "unstall-session"
 
 
@@ -131,8 +133,9 @@ class Session:
         """Under pytest-xdist: the test's stalls and findings travel with its last report.
 
         The findings (stalls and blocking calls, known or not) are for the controller's
-        strict-mode summary and baseline; with a baseline they are sent even when there
-        are none, so that the controller knows the test ran (a fixed entry is stale).
+        baseline; with a baseline they are sent even when there are none, so that the
+        controller knows the test ran (a fixed entry is stale). The strict reports by call
+        site (cheap calls too) are for its summary.
         """
         from unstall._report.findings import worker_findings
 
@@ -144,6 +147,10 @@ class Session:
         if findings or self.log.baseline is not None:
             sent = [dataclasses.asdict(f) for f in findings]
             report.user_properties.append((BASELINE_FINDINGS, sent))
+        guard = item.stash[GUARD]
+        if guard.hits:
+            hits = [hit.to_dict() for hit in guard.hits.values()]
+            report.user_properties.append((STRICT_FINDINGS, hits))
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         """On xdist's controller: a worker's stalls join the summary and the output files."""
@@ -157,6 +164,10 @@ class Session:
                     self.log.add_stall(stall, origin)
             elif name == BASELINE_FINDINGS:
                 self._add_worker_findings(report.nodeid, value)
+            elif name == STRICT_FINDINGS and isinstance(value, list):
+                for data in value:
+                    with contextlib.suppress(AttributeError, KeyError, TypeError, ValueError):
+                        self.log.add_hit(report.nodeid, Hit.from_dict(data))
 
     def _add_worker_findings(self, test: str, value: object) -> None:
         """A worker's findings for one test: the controller's baseline is the run's."""

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import fnmatch
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePath
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from unstall._plugin.baseline import Baseline, Finding
 from unstall._report.records import LoopInfo, Report, Stall
@@ -21,6 +21,33 @@ _MAX_PLACES = 12
 _TEST_DIRS = frozenset({"tests", "test", "testing"})
 
 
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """One strict report in one test, as plain data (it travels from an xdist worker)."""
+
+    call: str
+    where: str
+    kind: str
+    origin: str  # "project", "test code", "dependency" or "stdlib"
+    fails: bool  # a failing (costly) report; else a cheap call within the budget
+    took_s: float | None = None  # cheap calls are timed; others stop before they run
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Hit:
+        took = data.get("took_s")
+        return cls(
+            str(data["call"]),
+            str(data["where"]),
+            str(data["kind"]),
+            str(data["origin"]),
+            bool(data["fails"]),
+            None if took is None else float(took),
+        )
+
+
 @dataclass(slots=True)
 class CallSite:
     """One strict-mode call site across the suite: one finding, however many tests hit it."""
@@ -28,16 +55,16 @@ class CallSite:
     call: str
     where: str
     kind: str
-    origin: str  # "project", "test code", "dependency" or "stdlib"
+    origin: str
     fails: bool = False  # a failing (costly) report here; else warnings only
     tests: set[str] = field(default_factory=set)
-    worst_s: float | None = None  # the longest timed call (cheap calls are timed)
+    worst_s: float | None = None  # the longest timed call
 
-    def add(self, test: str, error: BlockingCallError, fails: bool) -> None:
+    def add(self, test: str, hit: Hit) -> None:
         self.tests.add(test)
-        self.fails = self.fails or fails
-        if error.took_s is not None and (self.worst_s is None or error.took_s > self.worst_s):
-            self.worst_s = error.took_s
+        self.fails = self.fails or hit.fails
+        if hit.took_s is not None and (self.worst_s is None or hit.took_s > self.worst_s):
+            self.worst_s = hit.took_s
 
 
 def origin_of(file: str, root: Path, test_globs: tuple[str, ...]) -> str:
@@ -83,17 +110,19 @@ class SuiteLog:
         self.findings.append(found)
         return self.baseline is not None and self.baseline.known(found)
 
-    def record_blocking(
-        self, test: str, found: Finding, error: BlockingCallError, *, fails: bool
-    ) -> bool:
+    def hit(self, found: Finding, error: BlockingCallError, *, fails: bool) -> Hit:
+        """A strict report as a :class:`Hit`, its origin judged from the culprit's file."""
+        origin = origin_of(error.file, self.root, self.test_globs)
+        return Hit(found.call, found.where, error.kind, origin, fails, error.took_s)
+
+    def add_hit(self, test: str, hit: Hit) -> bool:
         """Count a strict report at its call site; whether the site is new to this run."""
-        key = (found.where, found.call)
+        key = (hit.where, hit.call)
         site = self.sites.get(key)
         new = site is None
         if site is None:
-            origin = origin_of(error.file, self.root, self.test_globs)
-            site = self.sites[key] = CallSite(found.call, found.where, error.kind, origin)
-        site.add(test, error, fails)
+            site = self.sites[key] = CallSite(hit.call, hit.where, hit.kind, hit.origin)
+        site.add(test, hit)
         return new
 
     def record_stalls(self, test: str, report: Report) -> None:
