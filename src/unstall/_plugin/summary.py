@@ -219,7 +219,7 @@ class SuiteLog:
         if len(sites) > _MAX_PLACES:
             lines.append(f"  ... and {len(sites) - _MAX_PLACES} more call sites")
         lines.append(
-            "  (fail: each test failed there; warn: cheap, within the budget, warned once)"
+            "  (fail: each test failed there; warn: cheap, within the budget, fails no test)"
         )
         return lines
 
