@@ -253,9 +253,9 @@ def test_the_suite_summary_and_timeline(pytester: pytest.Pytester) -> None:
     assert "2x" in summary, summary
     shared = marked_line(SUMMARY_SUITE, "# shared")
     assert f"test_summary.py:{shared}" in summary, summary  # one group: the shared line
-    assert "strict mode: 1 call site (1 failing, 0 warning only) in 1 test" in summary, summary
+    assert "strict mode: 1 call site in 1 test; 1 of them failed tests" in summary, summary
     blocks = marked_line(SUMMARY_SUITE, "# blocks")
-    row = f"1x  -         file        test code   fail  open  test_summary.py:{blocks}"
+    row = f"1x       1  -         file        test code   fail      open  test_summary.py:{blocks}"
     assert row in summary, summary
     assert f"unstall: wrote html (2 stalls) to {html}" in summary
     page = html.read_text()

@@ -246,5 +246,6 @@ def test_a_strict_call_site_hit_on_several_workers_is_one_line_of_the_summary(
     )
     result.assert_outcomes(failed=4)
     summary = result.stdout.str()[result.stdout.str().index("unstall summary") :]
-    assert "1 call site (1 failing, 0 warning only) in 4 tests" in summary, summary
-    assert "4x  -         file        test code   fail  open  test_suite.py:7" in summary, summary
+    assert "1 call site in 4 tests; 1 of them failed tests" in summary, summary
+    row = "4x       4  -         file        test code   fail      open  test_suite.py:7"
+    assert row in summary, summary

@@ -29,7 +29,7 @@ class Ledger(Protocol):
 
     def known(self, found: Finding) -> bool: ...
 
-    def hit(self, found: Finding, error: BlockingCallError, *, fails: bool) -> Hit: ...
+    def hit(self, found: Finding, error: BlockingCallError, rule: str) -> Hit: ...
 
     def add_hit(self, test: str, hit: Hit) -> bool: ...
 
@@ -60,9 +60,10 @@ class Guard:
     def on_blocking(self, error: BlockingCallError) -> bool | None:
         """Strict mode's sink: ``False`` lets a known (baselined) call go ahead."""
         found = self._finding(error)
-        self._add_hit(self.ledger.hit(found, error, fails=True))
         if self.ledger.known(found):
+            self._add_hit(self.ledger.hit(found, error, "baseline"))
             return False
+        self._add_hit(self.ledger.hit(found, error, "fail"))
         self.problems.append(Problem(self.phase, strict_text(error, self.phase), error))
         return None
 
@@ -72,7 +73,7 @@ class Guard:
         No Python warning: a suite run with ``-W error`` (``filterwarnings = error``) would
         fail the test on it, and a cheap call fails no test.
         """
-        self._add_hit(self.ledger.hit(self._finding(error), error, fails=False))
+        self._add_hit(self.ledger.hit(self._finding(error), error, "warn"))
         return False
 
     def _add_hit(self, hit: Hit) -> None:

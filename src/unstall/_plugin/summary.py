@@ -29,7 +29,7 @@ class Hit:
     where: str
     kind: str
     origin: str  # "project", "test code", "dependency" or "stdlib"
-    fails: bool  # a failing (costly) report; else a cheap call within the budget
+    rule: str  # "fail" (failed the test), "warn" (cheap, within the budget), "baseline"
     took_s: float | None = None  # cheap calls are timed; others stop before they run
 
     def to_dict(self) -> dict[str, Any]:
@@ -43,7 +43,7 @@ class Hit:
             str(data["where"]),
             str(data["kind"]),
             str(data["origin"]),
-            bool(data["fails"]),
+            str(data["rule"]),
             None if took is None else float(took),
         )
 
@@ -56,15 +56,23 @@ class CallSite:
     where: str
     kind: str
     origin: str
-    fails: bool = False  # a failing (costly) report here; else warnings only
-    tests: set[str] = field(default_factory=set)
+    tests: set[str] = field(default_factory=set)  # every test that reached it
+    failed: set[str] = field(default_factory=set)  # the tests it failed
+    rules: set[str] = field(default_factory=set)
     worst_s: float | None = None  # the longest timed call
 
     def add(self, test: str, hit: Hit) -> None:
         self.tests.add(test)
-        self.fails = self.fails or hit.fails
+        self.rules.add(hit.rule)
+        if hit.rule == "fail":
+            self.failed.add(test)
         if hit.took_s is not None and (self.worst_s is None or hit.took_s > self.worst_s):
             self.worst_s = hit.took_s
+
+    @property
+    def rule(self) -> str:
+        """The gravest rule that applied here: fail, then baseline, then warn."""
+        return next(r for r in ("fail", "baseline", "warn") if r in self.rules)
 
 
 def origin_of(file: str, root: Path, test_globs: tuple[str, ...]) -> str:
@@ -110,10 +118,10 @@ class SuiteLog:
         self.findings.append(found)
         return self.baseline is not None and self.baseline.known(found)
 
-    def hit(self, found: Finding, error: BlockingCallError, *, fails: bool) -> Hit:
+    def hit(self, found: Finding, error: BlockingCallError, rule: str) -> Hit:
         """A strict report as a :class:`Hit`, its origin judged from the culprit's file."""
         origin = origin_of(error.file, self.root, self.test_globs)
-        return Hit(found.call, found.where, error.kind, origin, fails, error.took_s)
+        return Hit(found.call, found.where, error.kind, origin, rule, error.took_s)
 
     def add_hit(self, test: str, hit: Hit) -> bool:
         """Count a strict report at its call site; whether the site is new to this run."""
@@ -199,27 +207,34 @@ class SuiteLog:
     def _blocking_lines(self) -> list[str]:
         if not self.sites:
             return []
-        sites = sorted(self.sites.values(), key=lambda c: (not c.fails, -len(c.tests), c.where))
-        failing = sum(c.fails for c in sites)
+        order = {"fail": 0, "baseline": 1, "warn": 2}
+        sites = sorted(
+            self.sites.values(),
+            key=lambda c: (order[c.rule], -len(c.failed), -len(c.tests), c.where),
+        )
+        failing = [c for c in sites if c.rule == "fail"]
         tests = len(set().union(*(c.tests for c in sites)))
         lines = [
             "",
-            f"unstall strict mode: {_plural(len(sites), 'call site')} ({failing} failing, "
-            f"{len(sites) - failing} warning only) in {_plural(tests, 'test')}",
+            f"unstall strict mode: {_plural(len(sites), 'call site')} in "
+            f"{_plural(tests, 'test')}; {len(failing)} of them failed tests",
             "",
-            "  tests  worst     kind        origin      rule  call  where",
+            "  tests  failed  worst     kind        origin      rule      call  where",
         ]
-        for c in sites[:_MAX_PLACES]:
-            worst = _short_duration(c.worst_s)
-            rule = "fail" if c.fails else "warn"
+        # Every failing site is listed: each is something to fix or allow.
+        shown = (
+            failing + [c for c in sites if c.rule != "fail"][: max(0, _MAX_PLACES - len(failing))]
+        )
+        for c in shown:
             lines.append(
-                f"  {len(c.tests):>4}x  {worst:<8}  {c.kind:<10}  {c.origin:<10}  {rule}  "
-                f"{c.call}  {c.where}"
+                f"  {len(c.tests):>4}x  {len(c.failed) or '-':>6}  {_short_duration(c.worst_s):<8}  "
+                f"{c.kind:<10}  {c.origin:<10}  {c.rule:<8}  {c.call}  {c.where}"
             )
-        if len(sites) > _MAX_PLACES:
-            lines.append(f"  ... and {len(sites) - _MAX_PLACES} more call sites")
+        if len(sites) > len(shown):
+            lines.append(f"  ... and {len(sites) - len(shown)} more call sites that failed no test")
         lines.append(
-            "  (fail: each test failed there; warn: cheap, within the budget, fails no test)"
+            "  (fail: a costly call, or a cheap one over the budget; warn: cheap and within the "
+            "budget, fails no test; baseline: listed in the baseline file)"
         )
         return lines
 
