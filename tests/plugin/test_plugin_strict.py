@@ -193,6 +193,14 @@ def test_one_finding_per_call_site_in_the_summary_and_the_baseline(
     outcomes, out = _run(pytester, "--unstall-strict", f"--unstall-baseline={baseline}")
     assert outcomes == {"passed": 7}, out
     assert "6x       -  -         file        test code   baseline  open  test_shared.py:" in out
+    # Fixed: no test reaches the call sites any more, so their entries are stale.
+    fixed = SHARED_SUITE.replace("with open(__file__) as f:", "if True:").replace(
+        "return f.read()", "return ''"
+    )
+    pytester.makepyfile(test_shared=fixed)
+    outcomes, out = _run(pytester, "--unstall-strict", f"--unstall-baseline={baseline}")
+    assert outcomes == {"passed": 5}, out
+    assert "2 baseline entries are fixed" in out, out
 
 
 PROJECT_SUITE = """

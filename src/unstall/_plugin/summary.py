@@ -123,15 +123,14 @@ class SuiteLog:
         origin = origin_of(error.file, self.root, self.test_globs)
         return Hit(found.call, found.where, error.kind, origin, rule, error.took_s)
 
-    def add_hit(self, test: str, hit: Hit) -> bool:
-        """Count a strict report at its call site; whether the site is new to this run."""
-        key = (hit.where, hit.call)
-        site = self.sites.get(key)
-        new = site is None
+    def add_hit(self, test: str, hit: Hit) -> None:
+        """Count a strict report of ``test`` at its call site."""
+        site = self.sites.get((hit.where, hit.call))
         if site is None:
-            site = self.sites[key] = CallSite(hit.call, hit.where, hit.kind, hit.origin)
+            site = self.sites[hit.where, hit.call] = CallSite(
+                hit.call, hit.where, hit.kind, hit.origin
+            )
         site.add(test, hit)
-        return new
 
     def record_stalls(self, test: str, report: Report) -> None:
         """Keep a test phase's stalls and loop lag, on the suite's clock, one lane a thread."""

@@ -49,7 +49,7 @@ class Policy:
     """Call sites of cheap calls already reported."""
     notice: Callable[[BlockingCallError], bool | None] | None = None
     """Told of a cheap call within the budget, once per call site of this policy; returning
-    ``False`` keeps the warning back (the pytest plugin warns once per site per run)."""
+    ``False`` keeps the warning back (the pytest plugin lists it in its summary instead)."""
 
 
 def describe(rule: Rule, args: tuple[Any, ...], method: bool) -> str:
