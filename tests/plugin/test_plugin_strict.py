@@ -330,3 +330,20 @@ def test_bad_strict_options_are_usage_errors(
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", *args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert message in result.stderr.str()
+
+
+def test_the_summary_lists_every_failing_site_and_the_rest_with_verbose(
+    pytester: pytest.Pytester,
+) -> None:
+    # 13 cheap call sites within a generous budget: more than the summary's twelve lines.
+    lines = "".join(f"    os.path.exists(__file__)  # site {n}\n" for n in range(13))
+    suite = f"import os\n\nimport pytest\n\n\n@pytest.mark.asyncio\nasync def test_many():\n{lines}"
+    _suite(pytester, test_many=suite)
+    args = ("--unstall-strict", "--unstall-strict-budget=1")
+    outcomes, out = _run(pytester, *args)
+    assert outcomes == {"passed": 1}, out
+    assert "13 call sites in 1 test; 0 of them failed tests" in out, out
+    assert out.count("warn      os.stat  test_many.py:") == 12, out
+    assert "... and 1 more call sites that failed no test (-v lists them)" in out
+    outcomes, out = _run(pytester, *args, "-v")
+    assert out.count("warn      os.stat  test_many.py:") == 13, out

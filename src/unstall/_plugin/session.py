@@ -198,7 +198,9 @@ class Session:
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         lines = self.log.summary_lines(
-            color=terminalreporter.hasmarkup, width=terminalreporter._tw.fullwidth
+            color=terminalreporter.hasmarkup,
+            width=terminalreporter._tw.fullwidth,
+            verbose=terminalreporter.verbosity > 0,
         )
         lines += self.messages
         if lines:

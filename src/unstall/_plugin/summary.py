@@ -185,7 +185,7 @@ class SuiteLog:
                 messages.append(f"unstall: wrote {writer.name} ({stalls}) to {path}")
         return messages
 
-    def summary_lines(self, *, color: bool, width: int) -> list[str]:
+    def summary_lines(self, *, color: bool, width: int, verbose: bool = False) -> list[str]:
         """The end-of-run summary, grouped by culprit line like ``unstall run``'s."""
         lines: list[str] = []
         if self.trio_skipped:
@@ -199,11 +199,11 @@ class SuiteLog:
 
             text = render_summary(self.report(), color=color, width=width, cwd=str(self.root))
             lines += text.splitlines()
-        lines += self._blocking_lines()
+        lines += self._blocking_lines(verbose)
         lines += self._baseline_lines()
         return lines
 
-    def _blocking_lines(self) -> list[str]:
+    def _blocking_lines(self, verbose: bool) -> list[str]:
         if not self.sites:
             return []
         order = {"fail": 0, "baseline": 1, "warn": 2}
@@ -221,16 +221,16 @@ class SuiteLog:
             "  tests  failed  worst     kind        origin      rule      call  where",
         ]
         # Every failing site is listed: each is something to fix or allow.
-        shown = (
-            failing + [c for c in sites if c.rule != "fail"][: max(0, _MAX_PLACES - len(failing))]
-        )
+        room = len(sites) if verbose else max(0, _MAX_PLACES - len(failing))
+        shown = failing + [c for c in sites if c.rule != "fail"][:room]
         for c in shown:
             lines.append(
                 f"  {len(c.tests):>4}x  {len(c.failed) or '-':>6}  {_short_duration(c.worst_s):<8}  "
                 f"{c.kind:<10}  {c.origin:<10}  {c.rule:<8}  {c.call}  {c.where}"
             )
         if len(sites) > len(shown):
-            lines.append(f"  ... and {len(sites) - len(shown)} more call sites that failed no test")
+            more = len(sites) - len(shown)
+            lines.append(f"  ... and {more} more call sites that failed no test (-v lists them)")
         lines.append(
             "  (fail: a costly call, or a cheap one over the budget; warn: cheap and within the "
             "budget, fails no test; baseline: listed in the baseline file)"
