@@ -161,8 +161,10 @@ def test_one_finding_per_call_site_in_the_summary_and_the_baseline(
     pytester: pytest.Pytester,
 ) -> None:
     _suite(pytester, test_shared=SHARED_SUITE)
+    # A budget no stat reaches, even on a loaded machine: the cheap call stays cheap.
+    strict = ("--unstall-strict", "--unstall-strict-budget=1")
     # -W error, as suites with filterwarnings = error run: a cheap call is no warning.
-    outcomes, out = _run(pytester, "--unstall-strict", "-W", "error")
+    outcomes, out = _run(pytester, *strict, "-W", "error")
     # Each test still fails on its own at the costly call.
     assert outcomes == {"failed": 4, "passed": 1}, out
     assert out.count("blocking call open(") == 4
@@ -177,7 +179,7 @@ def test_one_finding_per_call_site_in_the_summary_and_the_baseline(
     assert f"test code   warn      os.stat  test_shared.py:{stat}" in summary, summary
 
     baseline = pytester.path / "baseline.json"
-    outcomes, out = _run(pytester, "--unstall-strict", f"--unstall-baseline={baseline}")
+    outcomes, out = _run(pytester, *strict, f"--unstall-baseline={baseline}")
     assert outcomes == {"passed": 5}, out
     # With open() let through, the read after it is found too: two call sites, two entries.
     assert f"wrote 2 findings to the new baseline {baseline}" in out, out
@@ -190,7 +192,7 @@ def test_one_finding_per_call_site_in_the_summary_and_the_baseline(
     pytester.makepyfile(
         test_shared=SHARED_SUITE.replace("range(4)", "range(6)"),
     )
-    outcomes, out = _run(pytester, "--unstall-strict", f"--unstall-baseline={baseline}")
+    outcomes, out = _run(pytester, *strict, f"--unstall-baseline={baseline}")
     assert outcomes == {"passed": 7}, out
     assert "6x       -  -         file        test code   baseline  open  test_shared.py:" in out
     # Fixed: no test reaches the call sites any more, so their entries are stale.
@@ -198,7 +200,7 @@ def test_one_finding_per_call_site_in_the_summary_and_the_baseline(
         "return f.read()", "return ''"
     )
     pytester.makepyfile(test_shared=fixed)
-    outcomes, out = _run(pytester, "--unstall-strict", f"--unstall-baseline={baseline}")
+    outcomes, out = _run(pytester, *strict, f"--unstall-baseline={baseline}")
     assert outcomes == {"passed": 5}, out
     assert "2 baseline entries are fixed" in out, out
 
