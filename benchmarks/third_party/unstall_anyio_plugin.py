@@ -21,8 +21,7 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    pool = unstall_anyio._pool
-    started = 0 if pool is None else next(pool._counter) - 1
+    started = unstall_anyio._threads_started()
     terminalreporter.write_line(
         f"unstall.integrations.anyio: installed={unstall_anyio.installed()}, "
         f"unstall-anyio threads started: {started}"

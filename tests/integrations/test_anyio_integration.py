@@ -6,7 +6,7 @@ import asyncio
 import contextvars
 import threading
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import anyio
 import anyio.from_thread
@@ -16,9 +16,12 @@ import sniffio
 from anyio._backends._asyncio import AsyncIOBackend
 
 from helpers import SLACK_S, run_python
+from unstall._offload.thread_pool import DEFAULT_IDLE_TIMEOUT
 from unstall.integrations import anyio as unstall_anyio
 
 ANYIO_THREAD = "AnyIO worker thread"
+# Threads let go must exit well before the idle timeout would retire them anyway.
+EXIT_S = min(SLACK_S, DEFAULT_IDLE_TIMEOUT) / 2
 cvar: contextvars.ContextVar[str] = contextvars.ContextVar("cvar", default="unset")
 
 
@@ -353,3 +356,92 @@ def test_an_abandoned_call_that_fails_later_is_logged_under_its_name(
     assert "fails_after_abandon" in record.getMessage()
     assert record.exc_info is not None
     assert isinstance(record.exc_info[1], ValueError)
+
+
+async def wait_for(condition: Callable[[], bool]) -> None:
+    """Let the loop run until ``condition()`` holds (a failure after ``SLACK_S``)."""
+    with anyio.fail_after(SLACK_S):
+        while not condition():
+            await anyio.sleep(0.001)
+
+
+def test_sequential_calls_from_one_loop_run_on_one_thread(installed: None) -> None:
+    # As anyio's workers: the thread that just finished takes the next call.
+    async def main() -> set[int]:
+        return {await anyio.to_thread.run_sync(threading.get_ident) for _ in range(50)}
+
+    (ident,) = anyio.run(main)
+    assert ident != threading.get_ident()
+
+
+@pytest.mark.parametrize("use_uvloop", [False, True], ids=["asyncio", "uvloop"])
+def test_a_loops_threads_exit_when_its_root_task_ends(installed: None, use_uvloop: bool) -> None:
+    if use_uvloop:
+        pytest.importorskip("uvloop", reason="uvloop (in the test extra) is not installed")
+    started, release = threading.Event(), threading.Event()
+    busy = threading.Barrier(3, timeout=SLACK_S)
+    threads: list[threading.Thread] = []
+
+    def work() -> None:
+        threads.append(threading.current_thread())
+        busy.wait()
+
+    def outlives_the_loop() -> None:
+        threads.append(threading.current_thread())
+        started.set()
+        release.wait(SLACK_S)
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):
+                tg.start_soon(anyio.to_thread.run_sync, work)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(
+                lambda: anyio.to_thread.run_sync(outlives_the_loop, abandon_on_cancel=True)
+            )
+            await wait_for(started.is_set)
+            tg.cancel_scope.cancel()
+
+    try:
+        anyio.run(main, backend_options={"use_uvloop": use_uvloop})
+    finally:
+        release.set()
+    assert len(set(threads)) == 3  # the abandoned call ran on an idle thread of the three
+    for thread in threads:
+        thread.join(EXIT_S)
+        assert not thread.is_alive(), thread.name
+
+
+def test_a_thread_whose_call_was_abandoned_takes_the_next_call(installed: None) -> None:
+    started, release = threading.Event(), threading.Event()
+
+    def abandoned() -> threading.Thread:
+        started.set()
+        release.wait(SLACK_S)
+        return threading.current_thread()
+
+    async def main() -> tuple[threading.Thread, threading.Thread]:
+        pool = unstall_anyio._loop_pool(asyncio.get_running_loop())
+        first = await anyio.to_thread.run_sync(threading.current_thread)
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(lambda: anyio.to_thread.run_sync(abandoned, abandon_on_cancel=True))
+                await wait_for(started.is_set)
+                scope.cancel()
+        release.set()
+        await wait_for(lambda: not pool.statistics().workers_busy)  # its thread idles
+        assert pool.thread_count == 1
+        return first, await anyio.to_thread.run_sync(threading.current_thread)
+
+    first, after = anyio.run(main)
+    assert after is first
+
+
+def test_uninstall_lets_the_integrations_idle_threads_go(installed: None) -> None:
+    async def main() -> threading.Thread:
+        thread = await anyio.to_thread.run_sync(threading.current_thread)
+        unstall_anyio.uninstall()
+        thread.join(EXIT_S)
+        return thread
+
+    assert not anyio.run(main).is_alive()

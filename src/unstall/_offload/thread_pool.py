@@ -112,8 +112,9 @@ class _Job:
     def loop(self) -> asyncio.AbstractEventLoop:
         return self.fut.get_loop()
 
-    def run(self, clock: WaitClock) -> None:
-        """Worker thread: run the call unless it was cancelled while queued."""
+    def run(self, clock: WaitClock, worker: _Worker | None = None) -> None:
+        """Worker thread: run the call unless it was cancelled while queued. ``worker``:
+        list it as idle before the result can reach the caller (see ``_Worker.announce``)."""
         try:
             self.claim.pop()
         except IndexError:
@@ -138,6 +139,8 @@ class _Job:
         finally:
             _local.call = None
         clock.completed += 1  # before the result can reach the caller
+        if worker is not None:
+            worker.announce()
         self.inbox.deliver(self, ok, value)
         # The traceback keeps this frame alive: break the exception -> frame -> job cycle.
         value = None
@@ -196,7 +199,7 @@ class _Detached:
         self.func = func
         self.queued_at = 0.0
 
-    def run(self, clock: WaitClock) -> None:
+    def run(self, clock: WaitClock, worker: _Worker | None = None) -> None:
         clock.started(_monotonic() - self.queued_at)
         try:
             self.func()
@@ -211,12 +214,22 @@ _WOKEN, _RECHECK, _EXIT = object(), object(), object()
 class _Worker:
     """What a parked worker thread waits on, and what it has done."""
 
-    __slots__ = ("clock", "wakeup")
+    __slots__ = ("clock", "idle", "listed", "wakeup")
 
-    def __init__(self) -> None:
+    def __init__(self, idle: list[_Worker]) -> None:
         self.wakeup = threading.Lock()  # held while parked; released to wake the thread
         self.wakeup.acquire()
         self.clock = WaitClock()
+        self.idle = idle
+        self.listed = False  # on the idle list already, before parking (see announce)
+
+    def announce(self) -> None:
+        """Worker thread, call done: go on the idle list before delivering the result, so
+        the caller's next call finds this thread idle and wakes it rather than starting
+        another (delivery lets the loop run at once, before the worker could park). The
+        worker then parks as usual, without looking for jobs on its own."""
+        self.listed = True
+        self.idle.append(self)
 
 
 _pools: weakref.WeakSet[ThreadPool] = weakref.WeakSet()
@@ -257,6 +270,10 @@ class ThreadPool:
     one-thread pool otherwise lives as long as the process. :meth:`statistics` tells how
     busy the pool is.
     """
+
+    # Whether sequential calls take turns on two threads (see _put). A subclass that must
+    # keep sequential calls on one thread, as anyio does, turns it off.
+    _take_turns = True
 
     def __init__(
         self,
@@ -407,7 +424,7 @@ class ThreadPool:
         ``quiet``: the job is the only one queued and every thread is idle.
         """
         self._waking = True
-        take_turns = quiet and self._last_quiet  # sequential calls
+        take_turns = quiet and self._last_quiet and self._take_turns  # sequential calls
         self._last_quiet = quiet
         if take_turns and len(self._threads) == 1 < self._max:
             pass  # start the second thread to take turns with
@@ -458,18 +475,22 @@ class ThreadPool:
                 self._wake_one()
 
     def _work(self) -> None:
-        me = _Worker()
+        me = _Worker(self._idle)
         clock = me.clock
         self._workers[threading.current_thread()] = me
         jobs = self._jobs
         timeout = -1 if self._idle_timeout is None else self._idle_timeout
+        announce = None if self._take_turns else me
         self._woken()
         while True:
-            try:
-                # Checked first: raising IndexError is what costs when the deque is empty.
-                job = jobs.popleft() if jobs else None
-            except IndexError:  # emptied by another thread since the check
+            if me.listed:  # listed as idle: a submitter may be waking it, so park first
                 job = None
+            else:
+                try:
+                    # Checked first: raising IndexError is what costs when the deque is empty.
+                    job = jobs.popleft() if jobs else None
+                except IndexError:  # emptied by another thread since the check
+                    job = None
             if job is None:
                 state = self._park(me, timeout)
                 if state is _EXIT:
@@ -478,14 +499,17 @@ class ThreadPool:
                     self._woken()
                 continue
             try:
-                job.run(clock)
+                job.run(clock, announce)
             except BaseException:  # a bug here must not cost the pool a thread
                 _logger.exception("unstall worker: internal error")
             del job
 
     def _park(self, me: _Worker, timeout: float) -> object:
         """Wait for work: ``_WOKEN``, ``_RECHECK`` (look for jobs again) or ``_EXIT``."""
-        self._idle.append(me)
+        if me.listed:
+            me.listed = False
+        else:
+            self._idle.append(me)
         if self._jobs or self._is_shutdown:
             state = _RECHECK if self._unpark(me) else _WOKEN
         elif me.wakeup.acquire(timeout=timeout):

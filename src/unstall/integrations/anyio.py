@@ -16,10 +16,14 @@ anyio's contract, kept as anyio's own implementation keeps it:
 - a returned value is returned as is (a coroutine too), an exception is re-raised with
   the worker's frames, ``StopIteration`` becomes ``RuntimeError`` as in anyio.
 
-What differs: the threads are unstall's, shared by every loop and retired after 10 s idle
-(anyio's are per loop); an abandoned call (``abandon_on_cancel=True``) that raises later is
-logged to the ``unstall`` logger rather than dropped; and two things keep a full pool
-from deadlocking:
+- the threads, as anyio's: each event loop has its own, a call goes to the most recently
+  idle one (so sequential calls run on one thread), a thread idle for 10 s exits, and the
+  loop's threads exit when its root task ends (the task ``anyio.run`` or ``asyncio.run``
+  runs; anyio stops its workers at the same point).
+
+What differs: the hand-off to the threads and back is unstall's (see the thread pool's
+notes); an abandoned call (``abandon_on_cancel=True``) that raises later is logged to the
+``unstall`` logger rather than dropped; and two things keep a full pool from deadlocking:
 
 - The pool has no thread cap of its own, like anyio's: limiters are the only bound, so a
   call holding its own limiter (FastAPI runs a ``yield`` dependency's cleanup that way)
@@ -39,6 +43,7 @@ import asyncio
 import contextvars
 import threading
 import types
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -53,11 +58,84 @@ _NO_KWARGS: dict[str, Any] = {}
 
 _lock = threading.Lock()
 _original: Any = None  # anyio's own classmethod while installed
-_pool: ThreadPool | None = None
 # anyio's worker-thread helpers, looked up once by install().
 _claim_worker_thread: Any = None
 _set_current_async_library: Any = None
 _threadlocals: Any = None
+_find_root_task: Any = None
+
+
+class _LoopPool(ThreadPool):
+    """The threads of one event loop. Sequential calls stay on one thread (as anyio's)."""
+
+    _take_turns = False
+
+
+class _LoopThreads:
+    """An event loop's pool, shut down when the loop's root task ends."""
+
+    __slots__ = ("loop_ref", "pool")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop_ref = weakref.ref(loop)
+        self.pool = _LoopPool(_NO_THREAD_CAP, name="unstall-anyio")
+
+    def close(self, _task: object = None) -> None:
+        """Let the threads go: idle ones exit now, busy ones when their call ends."""
+        global _started_before, _last
+        with _lock:
+            loop = self.loop_ref()
+            if loop is not None and _by_loop.get(loop) is self:
+                del _by_loop[loop]
+            if _last is self:
+                _last = None
+            if not self.pool._is_shutdown:
+                _started_before += next(self.pool._counter) - 1
+        self.pool.shutdown(wait=False)
+
+
+_by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopThreads] = (
+    weakref.WeakKeyDictionary()
+)
+_last: _LoopThreads | None = None  # the pool of the loop that offloaded last
+_started_before = 0  # threads started by pools that were closed since
+
+
+def _loop_pool(loop: asyncio.AbstractEventLoop) -> ThreadPool:
+    """The pool of ``loop``, created on its first call (on the loop's thread)."""
+    global _last
+    last = _last
+    if last is not None and last.loop_ref() is loop:
+        return last.pool
+    with _lock:
+        threads = _by_loop.get(loop)
+        if threads is None:
+            threads = _by_loop[loop] = _LoopThreads(loop)
+            created = True
+        else:
+            created = False
+        _last = threads
+    if created:
+        # As anyio: the threads are let go when the root task ends. Its own context, so
+        # the callback keeps no caller's context alive.
+        _find_root_task().add_done_callback(threads.close, context=contextvars.Context())
+    return threads.pool
+
+
+def _close_all() -> None:
+    with _lock:
+        every = list(_by_loop.values())
+    for threads in every:
+        threads.close()
+
+
+def _threads_started() -> int:
+    """Threads started by the pools of loops whose root task ended, plus threads alive in
+    the pools of running loops (the third-party suites' plugin reports it)."""
+    with _lock:
+        live = [threads.pool for threads in _by_loop.values()]
+        total = _started_before
+    return total + sum(pool.thread_count for pool in live)
 
 
 class _Lender:
@@ -95,9 +173,9 @@ class _Coroutine:
 
 
 def _backend() -> Any:
-    global _claim_worker_thread, _set_current_async_library, _threadlocals
+    global _claim_worker_thread, _set_current_async_library, _threadlocals, _find_root_task
     try:
-        from anyio._backends._asyncio import AsyncIOBackend
+        from anyio._backends._asyncio import AsyncIOBackend, find_root_task
         from anyio._core import _eventloop
     except ImportError as exc:
         raise ImportError(
@@ -112,14 +190,8 @@ def _backend() -> Any:
     _claim_worker_thread = _eventloop.claim_worker_thread
     _set_current_async_library = _eventloop.set_current_async_library
     _threadlocals = _eventloop.threadlocals
+    _find_root_task = find_root_task
     return AsyncIOBackend
-
-
-def _worker_pool() -> ThreadPool:
-    global _pool
-    if _pool is None:
-        _pool = ThreadPool(_NO_THREAD_CAP, name="unstall-anyio")
-    return _pool
 
 
 def install() -> None:
@@ -137,13 +209,13 @@ def install() -> None:
     with _lock:
         if _original is not None:
             return
-        _worker_pool()
         _original = backend.__dict__[_METHOD]
         setattr(backend, _METHOD, _REPLACEMENT)
 
 
 def uninstall() -> None:
-    """Give anyio back its own worker threads (calls in flight finish where they run).
+    """Give anyio back its own worker threads (calls in flight finish where they run; the
+    integration's idle threads exit).
 
     Does nothing if :func:`install` was not called.
     """
@@ -153,6 +225,7 @@ def uninstall() -> None:
             return
         setattr(_backend(), _METHOD, _original)
         _original = None
+    _close_all()
 
 
 def installed() -> bool:
@@ -194,7 +267,7 @@ async def _run_in_scope(
         loop = asyncio.get_running_loop()
         # cancel="abandon": a shielded scope is never cancelled by anyio, and a native
         # task.cancel() abandons the thread in anyio too.
-        pool = _pool or _worker_pool()
+        pool = _loop_pool(loop)
         job = _InWorker(cls, loop, worker_scope, limiter, func, args)
         return await pool.submit(job, (), _NO_KWARGS)
 
