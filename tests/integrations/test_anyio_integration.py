@@ -445,3 +445,16 @@ def test_uninstall_lets_the_integrations_idle_threads_go(installed: None) -> Non
         return thread
 
     assert not anyio.run(main).is_alive()
+
+
+def test_uninstall_from_a_worker_lets_the_threads_go_once_the_call_ends(installed: None) -> None:
+    def uninstall_here() -> threading.Thread:
+        unstall_anyio.uninstall()
+        return threading.current_thread()
+
+    async def main() -> threading.Thread:
+        thread = await anyio.to_thread.run_sync(uninstall_here)
+        await anyio.to_thread.run_sync(thread.join, EXIT_S)  # on anyio's own thread now
+        return thread
+
+    assert not anyio.run(main).is_alive()

@@ -401,6 +401,11 @@ class ThreadPool:
     # VM, threads and a socket alone (no asyncio): 60 us a round trip with one thread,
     # 31 us with two taking turns. With FIFO rotation over every idle thread instead, as
     # executors do, extra threads never sit idle long enough to retire.
+    #
+    # A pool with _take_turns off (unstall.integrations.anyio's, which keeps anyio's one
+    # thread for sequential calls) always wakes the most recently idle thread, and its
+    # threads list themselves idle before delivering a result (_Worker.announce): the
+    # caller's next call then finds that thread idle rather than starting another.
 
     def _put(self, job: _Job | _Detached) -> None:
         if self._is_shutdown:

@@ -123,10 +123,23 @@ def _loop_pool(loop: asyncio.AbstractEventLoop) -> ThreadPool:
 
 
 def _close_all() -> None:
+    """Let every loop's threads go, each on its loop's thread (closing a pool under a call
+    being handed to it would fail that call), or at once if the loop is closed or ours."""
     with _lock:
         every = list(_by_loop.values())
+    try:
+        current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:
+        current = None
     for threads in every:
-        threads.close()
+        loop = threads.loop_ref()
+        if loop is None or loop is current or loop.is_closed():
+            threads.close()
+            continue
+        try:
+            loop.call_soon_threadsafe(threads.close)
+        except RuntimeError:  # closed since: no call can reach the pool any more
+            threads.close()
 
 
 def _threads_started() -> int:
