@@ -90,8 +90,8 @@ def _implementations(
 async def _speed(opts: BenchOptions, loop_name: str) -> Table:
     loop = asyncio.get_running_loop()
     workers = os.cpu_count() or 1
-    rounds = 3 if opts.quick else 7
-    n_latency = 100 if opts.quick else 1000
+    rounds = 2 if opts.quick else 7
+    n_latency = 50 if opts.quick else 1000
     per_task = 10 if opts.quick else 60
     with ExitStack() as stack:
         impls, missing = _implementations(loop, workers, stack)

@@ -103,7 +103,7 @@ def run(opts: BenchOptions) -> list[Table]:
 def _time_start_ups(
     table: Table, opts: BenchOptions, runs: dict[str, tuple[str, dict[str, str]]]
 ) -> None:
-    count = 60 if opts.quick else 1000
+    count = 15 if opts.quick else 1000
     cpu: dict[str, list[float]] = {name: [] for name in runs}
     wall: dict[str, list[float]] = {name: [] for name in runs}
     names = list(runs)

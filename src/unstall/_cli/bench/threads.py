@@ -186,8 +186,8 @@ def _new_loop(kind: str) -> asyncio.AbstractEventLoop | None:
 
 def run(opts: BenchOptions) -> list[Table]:
     """Measure every implementation on every loop of ``opts.loops``; one table per loop."""
-    rounds, n_latency, per_task = (5, 1000, 20) if opts.quick else (9, 2000, 150)
-    n_tasks = 4000 if opts.quick else 20_000
+    rounds, n_latency, per_task = (3, 300, 10) if opts.quick else (9, 2000, 150)
+    n_tasks = 1000 if opts.quick else 20_000
     tables = []
     for kind in opts.loops:
         loop = _new_loop(kind)

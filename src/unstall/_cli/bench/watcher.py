@@ -211,11 +211,11 @@ def _cost(m: dict[str, float], mode: str) -> str:
 
 def run(opts: BenchOptions) -> list[Table]:
     loops = [k for k in opts.loops if k != "uvloop" or importlib.util.find_spec("uvloop")]
-    rounds = 3 if opts.quick else 9
+    rounds = 2 if opts.quick else 9
     workloads: list[tuple[str, Workload, int]] = [
-        ("queue, 2,000 tasks", _queue_work, 20_000 if opts.quick else 200_000),
-        ("sleep(0) x800 + queue", _sleepers_and_queue, 3_000 if opts.quick else 30_000),
-        ("ping-pong", _ping_pong, 20_000 if opts.quick else 200_000),
+        ("queue, 2,000 tasks", _queue_work, 5_000 if opts.quick else 200_000),
+        ("sleep(0) x800 + queue", _sleepers_and_queue, 1_000 if opts.quick else 30_000),
+        ("ping-pong", _ping_pong, 5_000 if opts.quick else 200_000),
     ]
     table = Table(
         "Watcher",
