@@ -57,3 +57,7 @@ def test_a_loop_seen_only_in_the_watchers_own_code_is_not_the_programs_stall() -
     assert _the_watchers_own([_sample(own), _sample(own)])
     assert not _the_watchers_own([_sample(own), _sample(__file__)])
     assert not _the_watchers_own([])
+    # A collection that began in the watcher's code is the program's pause all the same.
+    gc_sample = _sample(own)
+    gc_sample.method = "gc"
+    assert not _the_watchers_own([gc_sample])

@@ -65,16 +65,29 @@ CASES: dict[str, Callable[[], Awaitable[object]]] = {
 }
 
 
-@pytest.mark.parametrize("runner", ["asyncio", "uvloop"])
-@pytest.mark.parametrize("case", list(CASES))
-def test_c_code_after_an_await_is_blamed_on_its_line_every_time(case: str, runner: str) -> None:
-    wrong = []
+def _never_another_line(case: str, runner: str, at_least: int) -> None:
+    right, wrong = 0, []
     for run in range(RUNS):
         stall = _worst(_watched(CASES[case], runner, FAST))
-        if _culprit_line(stall) != line_of(case):
+        if _culprit_line(stall) == line_of(case):
+            right += 1
+            assert stall.fix.action == "to_process", stall.fix
+        elif stall.culprit is None:
+            assert stall.fix.action == "none", stall.fix
+        else:
             wrong.append((run, stall.culprit, stall.method))
-        assert stall.fix.action == "to_process", stall.fix
     assert wrong == [], f"{len(wrong)} of {RUNS} runs blamed another line: {wrong}"
+    assert right >= at_least, f"only {right} of {RUNS} runs named the line"
+
+
+@pytest.mark.parametrize("runner", ["asyncio", "uvloop"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_c_code_after_an_await_on_a_main_thread_loop_is_never_blamed_on_another_line(
+    case: str, runner: str
+) -> None:
+    """The timer signal's handler runs right after the C code: nearly every run names the
+    line (20 of 20 in most runs; in CI on 3.12 one run in 20 once had no culprit)."""
+    _never_another_line(case, runner, at_least=RUNS - 2)
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -82,19 +95,7 @@ def test_c_code_on_a_loop_in_another_thread_is_never_blamed_on_another_line(case
     """No signal reaches a loop outside the main thread: the watchdog's sample right after
     the C code names the line. Rarely, CPython hands the GIL back to the loop thread
     before the watchdog gets it: the stall then has no culprit, never a wrong one."""
-    right, missed, wrong = 0, 0, []
-    for run in range(RUNS):
-        stall = _worst(_watched(CASES[case], "thread", FAST))
-        if _culprit_line(stall) == line_of(case):
-            right += 1
-            assert stall.fix.action == "to_process", stall.fix
-        elif stall.culprit is None:
-            missed += 1
-            assert stall.fix.action == "none", stall.fix
-        else:
-            wrong.append((run, stall.culprit, stall.method))
-    assert wrong == [], f"{len(wrong)} of {RUNS} runs blamed another line: {wrong}"
-    assert right >= RUNS * 3 // 4, f"only {right} of {RUNS} runs named the line"
+    _never_another_line(case, "thread", at_least=RUNS * 3 // 4)
 
 
 def test_a_catastrophic_regex_is_blamed_on_its_line() -> None:

@@ -49,13 +49,14 @@ def origin(path: str) -> str:
     return "user"
 
 
-_WATCH_DIR = os.path.dirname(os.path.realpath(__file__)) + os.sep  # unstall/_watch/
+_WATCH_DIR = os.path.dirname(os.path.realpath(__file__))
+_STOPPING = (os.path.join(_WATCH_DIR, "watcher.py"), os.path.join(_WATCH_DIR, "watchdog.py"))
 
 
 @lru_cache(maxsize=1024)
 def in_the_watcher(path: str) -> bool:
-    """Whether ``path`` is the watcher's own code (starting, stopping, its loop hooks)."""
-    return os.path.realpath(path).startswith(_WATCH_DIR)
+    """Whether ``path`` is where a watcher stops (``Watcher.stop``, the watchdog's flush)."""
+    return os.path.realpath(path) in _STOPPING
 
 
 def is_machinery(path: str, function: str) -> bool:

@@ -592,9 +592,12 @@ class Monitor:
 
 
 def _the_watchers_own(samples: list[Sample]) -> bool:
-    """Whether the thread was in the watcher's own code every time it was seen: a loop
-    waiting for the watchdog to finish a poll as a watcher stops, not the program."""
-    return bool(samples) and all(s.frames and in_the_watcher(s.frames[-1].file) for s in samples)
+    """Whether the thread was waiting in the watcher's own stop every time it was seen (for
+    the watchdog to finish a poll), not running the program. A garbage collection that
+    happened to start in our code is the program's pause all the same."""
+    return bool(samples) and all(
+        s.method != "gc" and s.frames and in_the_watcher(s.frames[-1].file) for s in samples
+    )
 
 
 def _with_gc(stall: Stall, thread_id: int, start: float, end: float) -> Stall:
