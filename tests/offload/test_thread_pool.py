@@ -426,7 +426,9 @@ def test_sequential_calls_take_turns_on_two_threads() -> None:
         assert pool.thread_count <= 3
     counts = sorted((names.count(name) for name in set(names)), reverse=True)
     assert len(counts) >= 2
-    assert counts[1] >= 20  # the second thread serves about half the calls, not a few
+    # The second thread serves a large share of the calls (about half), not a few: a
+    # quarter at least, as a wake-up may land on the same thread now and then.
+    assert counts[1] >= 15
 
 
 def test_extra_threads_retire_while_sequential_calls_go_on() -> None:
