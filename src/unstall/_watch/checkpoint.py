@@ -21,7 +21,7 @@ from typing import Any
 
 from unstall._watch.culprit import in_asyncio, is_machinery
 
-__all__ = ["Place", "Positions", "back", "locate", "positions"]
+__all__ = ["Place", "Positions", "back", "lasti", "lineno", "locate", "outward", "positions"]
 
 _CHECKS = frozenset(dis.opmap[name] for name in ("RESUME", "JUMP_BACKWARD") if name in dis.opmap)
 """Where CPython always checks for pending work. A ``CALL`` checks when it returns from C
@@ -146,7 +146,8 @@ def _suspended_frames(handle: object) -> list[types.FrameType]:
 Place = tuple[list[types.FrameType], int]
 
 
-def _outward(frame: types.FrameType | None, at: Positions | None = None) -> list[types.FrameType]:
+def outward(frame: types.FrameType | None, at: Positions | None = None) -> list[types.FrameType]:
+    """``frame`` and its callers (as they were when ``at`` was read), outermost first."""
     chain = []
     while frame is not None:
         chain.append(frame)
@@ -172,9 +173,16 @@ def positions(top: types.FrameType) -> dict[int, tuple[int, int, types.FrameType
     return found
 
 
-def _lasti(frame: types.FrameType, at: Positions | None) -> int:
+def lasti(frame: types.FrameType, at: Positions | None) -> int:
+    """``frame``'s instruction, as it was when ``at`` was read."""
     seen = at.get(id(frame)) if at is not None else None
     return frame.f_lasti if seen is None else seen[0]
+
+
+def lineno(frame: types.FrameType, at: Positions | None) -> int:
+    """``frame``'s line, as it was when ``at`` was read."""
+    seen = at.get(id(frame)) if at is not None else None
+    return (frame.f_lineno or 0) if seen is None else seen[1]
 
 
 def back(frame: types.FrameType, at: Positions | None) -> types.FrameType | None:
@@ -194,17 +202,17 @@ def locate(
     which a call makes as well as an operator (at a loop's jump back, the line before).
     ``None`` when it cannot be told (the work ran in a callback that is gone).
     """
-    found = _current(frame.f_code, _lasti(frame, at))
+    found = _current(frame.f_code, lasti(frame, at))
     if found is None:
         return None
     op, index, line = found
     if op == _RESUME:
         first = back(frame, at)
-        if frame.f_code.co_code[_lasti(frame, at) + 1] != 0 or first is None:
+        if frame.f_code.co_code[lasti(frame, at) + 1] != 0 or first is None:
             return None  # a coroutine resumed: what ran before was another callback
         # A function just started: the C code ran in its caller, before or in the call.
         caller: types.FrameType = first
-        found = _current(caller.f_code, _lasti(caller, at))
+        found = _current(caller.f_code, lasti(caller, at))
         # Awaited by asyncio's own coroutine that just started too (``sleep(0)`` starting
         # ``__sleep0``): it ran nothing long, the time went in the frame awaiting it.
         while found is not None and found[0] in _AWAITS and in_asyncio(caller.f_code.co_filename):
@@ -212,7 +220,7 @@ def locate(
             if outer is None:
                 break
             caller = outer
-            found = _current(caller.f_code, _lasti(caller, at))
+            found = _current(caller.f_code, lasti(caller, at))
         if found is None:
             return None
         frame, (op, index, line) = caller, found
@@ -220,7 +228,7 @@ def locate(
             heavy = _before_await(frame.f_code, index)
         else:
             heavy = _heavy_before(frame.f_code, index)
-        return _checked(_outward(frame, at), heavy if heavy is not None else line)
+        return _checked(outward(frame, at), heavy if heavy is not None else line)
     if op in _CALLS and is_machinery(frame.f_code.co_filename, frame.f_code.co_name):
         # Handle._run, the task's step just returned: the coroutine is suspended right
         # after the C code, at its await.
@@ -232,12 +240,12 @@ def locate(
         if found is None:
             return None
         heavy = _before_await(inner.f_code, found[1])
-        return _checked(_outward(frame, at) + coros, heavy if heavy is not None else found[2])
+        return _checked(outward(frame, at) + coros, heavy if heavy is not None else found[2])
     if op in _CALLS:
-        return _checked(_outward(frame, at), line)  # the C call that just returned
+        return _checked(outward(frame, at), line)  # the C call that just returned
     before = _before_await if allocation else _heavy_before
     heavy = before(frame.f_code, index)
-    return _checked(_outward(frame, at), heavy if heavy is not None else line)
+    return _checked(outward(frame, at), heavy if heavy is not None else line)
 
 
 def _checked(chain: list[types.FrameType], line: int | None) -> Place | None:

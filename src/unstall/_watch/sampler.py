@@ -20,7 +20,7 @@ from typing import Any
 from unstall._report.records import Frame
 from unstall._util import is_async_code
 from unstall._watch.callname import call_at, callee_from_line, resolve
-from unstall._watch.checkpoint import Positions, back, locate, positions
+from unstall._watch.checkpoint import Positions, lasti, lineno, locate, outward, positions
 from unstall._watch.context import describe, request_in, snapshot
 from unstall._watch.culprit import callback_start, culprit_index, is_machinery, origin
 from unstall._watch.threadclock import ThreadClock
@@ -114,21 +114,16 @@ def capture(
                 # Parked at a check, it waits for the GIL the watchdog holds (see starvation).
                 taken.gil = bool(futex)
                 return taken
-    chain: list[types.FrameType] = []
-    f: types.FrameType | None = top
-    while f is not None:
-        chain.append(f)
-        f = back(f, at)
-    del top, f
+    chain = outward(top, at)
+    del top
     if any(fr.f_code in _OWN_HANDLERS for fr in chain):
         return None  # the thread runs a handler of ours, which takes its own sample
-    if is_async_code(chain[-1].f_code):
+    if is_async_code(chain[0].f_code):
         return None  # a coroutine cut from its callers: caught between two frames
-    chain.reverse()
-    # Read every position first: naming the call reads source files, which releases the
+    # Positions as read first: naming the call reads source files, which releases the
     # GIL, and the loop thread may move on meanwhile.
-    lastis = [at[id(fr)][0] for fr in chain]
-    frames = tuple(frame_record(fr.f_code, at[id(fr)][1]) for fr in chain)
+    lastis = [lasti(fr, at) for fr in chain]
+    frames = tuple(frame_record(fr.f_code, lineno(fr, at)) for fr in chain)
     files = [fr.file for fr in frames]
     start = callback_start(files, [fr.function for fr in frames])
     index = culprit_index(files, start)
@@ -163,21 +158,11 @@ def capture_own(
     just after the culprit's line, see :mod:`unstall._watch.interrupt`). ``at`` holds the
     frames' lines read earlier, when the frames may have moved on since.
     """
-
-    def line_of(fr: types.FrameType) -> int:
-        seen = at.get(id(fr)) if at is not None else None
-        return (fr.f_lineno or 0) if seen is None else seen[1]
-
-    chain: list[types.FrameType] = []
-    f: types.FrameType | None = top
-    while f is not None:
-        chain.append(f)
-        f = back(f, at)
-    chain.reverse()
-    frames = [frame_record(fr.f_code, line_of(fr)) for fr in chain]
+    chain = outward(top, at)
+    frames = [frame_record(fr.f_code, lineno(fr, at)) for fr in chain]
     if place is not None:
         chain = place[0]
-        frames = [frame_record(fr.f_code, line_of(fr)) for fr in chain[:-1]]
+        frames = [frame_record(fr.f_code, lineno(fr, at)) for fr in chain[:-1]]
         frames.append(frame_record(chain[-1].f_code, place[1]))
     files = [fr.file for fr in frames]
     start = callback_start(files, [fr.function for fr in frames])
@@ -187,8 +172,7 @@ def capture_own(
     sample = Sample(t, tuple(frames), index, method=method)
     try:
         if place is None or index < len(chain) - 1:
-            seen = at.get(id(chain[index])) if at is not None else None
-            sample.call = call_at(chain[index], None if seen is None else seen[0])
+            sample.call = call_at(chain[index], lasti(chain[index], at))
         else:
             # The located line, not where the frame is now (it may have moved on while
             # this thread read source and let it run): named from the line's text.
