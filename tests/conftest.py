@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import signal
+from collections.abc import Iterator
 
 import pytest
 
@@ -19,3 +21,17 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 def slack() -> float:
     """Seconds a test may wait for something that should happen at once."""
     return SLACK_S
+
+
+@pytest.fixture(autouse=True)
+def _garbage_collector_as_found() -> Iterator[None]:
+    """Each test starts with the collector as the suite found it: a library run in-process
+    may retune it for good (mypy's API sets the thresholds to 200,000, after which no full
+    collection happens in a test that needs one)."""
+    threshold, enabled = gc.get_threshold(), gc.isenabled()
+    yield
+    gc.set_threshold(*threshold)
+    if enabled:
+        gc.enable()
+    else:
+        gc.disable()

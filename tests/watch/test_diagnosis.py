@@ -180,12 +180,6 @@ def test_an_explicit_gc_collect_is_a_gc_stall_not_cpu_work(cycles: object) -> No
     assert "to_process" not in stall.fix.text
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="open defect (issue 14): run alone it passes on 3.11-3.13, even in a process "
-    "holding millions of objects; inside the whole suite's process no stall is reported "
-    "(seen in CI-like runs on 3.11 and 3.12), cause not found yet",
-)
 def test_an_automatic_collection_is_a_gc_stall_on_the_line_that_triggered_it(
     own_cycles: object,
 ) -> None:

@@ -71,12 +71,16 @@ def _take(frame: types.FrameType | None) -> None:
     armed_at, busy = _armed_at, _busy
     if frame is None or armed_at is None or busy is None:
         return
-    running = busy(now)
-    if running is None or now - running[1] < _threshold / 2:
-        return  # not in a long loop iteration: the watchdog was merely late
     # The timer fired: the watchdog could not run for a while. If it got the GIL first
     # and re-armed, the arm that expired is the one before.
     expired = armed_at if now >= armed_at + _timeout else (_previous or armed_at)
+    running = busy(now)
+    if running is None or now - running[1] < _threshold / 2:
+        # Not in a long loop iteration: the watchdog was merely late (waiting for the GIL
+        # behind Python code). Keep the timer going until it runs again, or C code that
+        # starts before then would go unseen.
+        _rearm(now)
+        return
     place = locate(frame)
     if place is None:
         return
@@ -141,13 +145,18 @@ def _ours() -> bool:
 
 def arm(now: float, threshold: float) -> None:
     """Re-arm the timer (watchdog thread, at every poll while the main loop runs)."""
-    global _armed_at, _previous, _timeout, _threshold
+    global _threshold, _timeout
     if _busy is None or not _ours():
         return
     _threshold = threshold
-    timeout = max(threshold * TIMEOUT_FRACTION, 0.01)
-    _previous, _armed_at, _timeout = _armed_at, now, timeout
-    signal.setitimer(_TIMER, timeout)
+    _timeout = max(threshold * TIMEOUT_FRACTION, 0.01)
+    _rearm(now)
+
+
+def _rearm(now: float) -> None:
+    global _armed_at, _previous
+    _previous, _armed_at = _armed_at, now
+    signal.setitimer(_TIMER, _timeout)
 
 
 def disarm() -> None:

@@ -206,6 +206,20 @@ _LOCK_FILES = ("threading.py", "queue.py", "_base.py", "synchronize.py", "connec
 _NOT_THE_GIL, _MAYBE_THE_GIL, _SURELY_THE_GIL = 0, 1, 2
 # Builtins that may wait on a lock of their own (a stream's, the import lock).
 _WAITING_BUILTINS = frozenset({"print", "input", "open", "__import__", "breakpoint", "help"})
+# Calls that let the GIL go around one system call and take no lock of their own: found in
+# futex, they are taking the GIL back (after a write, beside threads that compute).
+_SYSCALL_ONLY = frozenset(
+    {
+        *(f"os.{name}" for name in ("read", "write", "pread", "pwrite", "readv", "writev")),
+        *(f"os.{name}" for name in ("fsync", "fdatasync", "stat", "lstat", "fstat", "lseek")),
+        *(f"socket.socket.{name}" for name in ("send", "sendto", "recv", "recv_into")),
+        *(f"socket.socket.{name}" for name in ("recvfrom", "recvfrom_into")),
+        "time.sleep",
+        "select.select",
+        "select.poll.poll",
+        "select.epoll.poll",
+    }
+)
 
 
 def _gil_wait(
@@ -224,6 +238,8 @@ def _gil_wait(
         return _NOT_THE_GIL
     if "." not in call and call not in _WAITING_BUILTINS and hasattr(builtins, call):
         return _SURELY_THE_GIL  # sum, sorted, len...: stopped at a switch point after it
+    if call in _SYSCALL_ONLY:
+        return _SURELY_THE_GIL
     return _MAYBE_THE_GIL
 
 

@@ -13,7 +13,8 @@ from the samples: a sample whose thread is blocked in ``futex`` outside any lock
 waiting for the GIL, and the share of such samples is the share of the time the loop
 thread slept (neither ran nor waited for a CPU) that it waited for the GIL; with no sample
 at all, all of that time; plus the time the watchdog itself held the GIL. A sample taken
-while the thread ran Python (or a builtin such as ``sum`` that never waits) can only be
+while the thread ran Python (or a builtin such as ``sum`` that never waits, or a call
+such as ``os.write`` that only makes a system call) can only be
 waiting for the GIL, whoever holds it. One stopped in some other C call may be waiting on
 that library's own lock: unless other threads of the process computed for at least a
 quarter of that time (a thread holding the GIL for long computes, if not always on a CPU),
