@@ -8,7 +8,8 @@ decided the culprit.
 This route makes it deterministic for a loop on the main thread. The watchdog keeps a
 one-shot ``ITIMER_REAL`` timer armed (re-armed at every poll, well before it expires), so
 the timer fires only when the watchdog could not run for ``TIMEOUT_FRACTION`` of the
-threshold. The kernel delivers ``SIGALRM``; CPython's C handler only notes it, and the
+threshold; the handler names a line only if the loop thread computed meanwhile (other
+threads holding the GIL keep the watchdog and the loop waiting alike). The kernel delivers ``SIGALRM``; CPython's C handler only notes it, and the
 Python handler runs on the main thread at its next check for pending work: right after
 the C call returns (``CALL`` checks when it ends), at the next function start or loop
 jump (after an operator). The handler's ``frame`` argument is therefore the culprit's
@@ -37,7 +38,7 @@ from unstall._watch import witness
 from unstall._watch.checkpoint import locate
 from unstall._watch.sampler import capture_own, never_sample_in
 
-__all__ = ["arm", "attach", "block_here", "detach", "disarm"]
+__all__ = ["arm", "attach", "block_here", "detach", "disarm", "poll_began", "poll_ended"]
 
 _log = logging.getLogger("unstall")
 _monotonic = time.monotonic
@@ -54,6 +55,10 @@ _timeout = 0.0
 _threshold = 0.1
 _busy: Callable[[float], tuple[float, float] | None] | None = None
 """The main loop's probe: ``(key, start)`` of its running iteration."""
+_poll = (0.0, 0.0)
+"""When the watchdog's latest poll began and ended (``end < start`` while under way)."""
+_computed: Callable[[float, float], bool] | None = None
+"""The main loop's probe: whether its thread computed since the watchdog's look at a time."""
 
 
 # -- the handler and the timer ---------------------------------------------------------------
@@ -68,16 +73,24 @@ def _handler(signum: int, frame: types.FrameType | None) -> None:
 
 def _take(frame: types.FrameType | None) -> None:
     now = _monotonic()
-    armed_at, busy = _armed_at, _busy
-    if frame is None or armed_at is None or busy is None:
+    armed_at, busy, computed = _armed_at, _busy, _computed
+    if frame is None or armed_at is None or busy is None or computed is None:
         return
     # The timer fired: the watchdog could not run for a while. If it got the GIL first
     # and re-armed, the arm that expired is the one before.
     expired = armed_at if now >= armed_at + _timeout else (_previous or armed_at)
     running = busy(now)
-    if running is None or now - running[1] < _threshold / 2:
-        # Not in a long loop iteration: the watchdog was merely late (waiting for the GIL
-        # behind Python code). Keep the timer going until it runs again, or C code that
+    # The look the watchdog took when it armed the timer that expired (this handler may
+    # already have let it poll again: at its first check point, if it was asking for the GIL).
+    if (
+        running is None
+        or now - running[1] < _threshold / 2
+        or _in_a_poll(expired + _timeout)
+        or not computed(now, expired)
+    ):
+        # Not C code of the loop's holding the GIL: the watchdog was merely late (behind
+        # Python code, or in a long poll), or both waited (for the GIL other threads held,
+        # for a CPU). Keep the timer going until the watchdog runs again, or C code that
         # starts before then would go unseen.
         _rearm(now)
         return
@@ -93,9 +106,32 @@ def _take(frame: types.FrameType | None) -> None:
 never_sample_in(_handler)
 
 
-def attach(busy: Callable[[float], tuple[float, float] | None], threshold: float) -> bool:
+def _in_a_poll(when: float) -> bool:
+    """Whether the watchdog was in a poll at ``when``: a long poll (it lets the GIL go to
+    read a file, then waits for it) lets the timer expire with no C code to blame."""
+    start, end = _poll
+    return start <= when and (end < start or end >= when)
+
+
+def poll_began(now: float) -> None:
+    """The watchdog starts a poll (watchdog thread)."""
+    global _poll
+    _poll = (now, _poll[1])
+
+
+def poll_ended(now: float) -> None:
+    """The watchdog's poll is over (watchdog thread)."""
+    global _poll
+    _poll = (_poll[0], now)
+
+
+def attach(
+    busy: Callable[[float], tuple[float, float] | None],
+    computed: Callable[[float, float], bool],
+    threshold: float,
+) -> bool:
     """Use the route for the main thread's loop; call in the main thread. ``False`` if not."""
-    global _installed, _busy, _threshold
+    global _installed, _busy, _computed, _threshold
     if not _enabled or threading.current_thread() is not threading.main_thread():
         return False
     if not _installed:
@@ -106,7 +142,7 @@ def attach(busy: Callable[[float], tuple[float, float] | None], threshold: float
             return False  # someone else's
         signal.signal(_SIGNAL, _handler)
         _installed = True
-    _busy, _threshold = busy, threshold
+    _busy, _computed, _threshold = busy, computed, threshold
     return True
 
 

@@ -34,6 +34,11 @@ _process_time = time.process_time
 _LAG_BUCKET_S = 0.1
 _LAG_MAX_POINTS = 20_000
 _EXACT_BEAT_S = 0.05
+GAP_CPU_RATIO = 0.05
+"""A gap in the watchdog's polls is C code holding the GIL when the loop thread was on a
+CPU for at least this share of it: more than a low-priority thread kept off its CPU gets,
+and under what a computing thread gets on a crowded machine (a dozen runnable threads
+per CPU). Below it, the loop thread waited like the watchdog (for the GIL, for a CPU)."""
 
 
 _names: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, str] = weakref.WeakKeyDictionary()
@@ -110,8 +115,8 @@ class LoopProbe:
         """The loop stopped running; the watchdog forgets it once its stalls are out."""
         self.retired_at: float | None = None
         """When the watchdog forgot it (monotonic)."""
-        self.cpu_seen: tuple[float, float] | None = None
-        """The watchdog's last look at the loop thread's CPU seconds: ``(when, cpu)``."""
+        self.cpu_looks: deque[tuple[float, float]] = deque(maxlen=3)
+        """The watchdog's last looks at the loop thread's CPU seconds: ``(when, cpu)``."""
         self.signalled = False
         """A main-thread loop watched with the timer signal too (:mod:`unstall._watch.interrupt`)."""
         self.failed = False
@@ -318,6 +323,24 @@ class LoopProbe:
         return LoopInfo(self.id, self.thread, self.thread_id, self.kind, lag)
 
     # -- watchdog thread -----------------------------------------------------------------
+
+    def computed(self, now: float, since: float | None = None) -> bool:
+        """Whether the loop thread was on a CPU for at least :data:`GAP_CPU_RATIO` of the
+        time since the watchdog's last look, or its last look at or before ``since``
+        (``True`` when unknown): whether a gap in the watchdog's polls was this thread's
+        C code holding the GIL. Without ``since`` (the watchdog, at each poll) this look
+        is kept for the next. Any thread."""
+        stat = self.clock.stat()
+        looks = self.cpu_looks
+        if since is None:
+            seen = looks[-1] if looks else None
+            if stat is not None:
+                looks.append((now, stat[0]))
+        else:
+            seen = next((look for look in reversed(looks) if look[0] <= since), None)
+        if stat is None or seen is None or now <= seen[0]:
+            return True
+        return (stat[0] - seen[1]) / (now - seen[0]) >= GAP_CPU_RATIO
 
     def busy(self, now: float) -> tuple[float, float] | None:
         """``(key, start)`` of the iteration running now, or ``None`` when idle."""

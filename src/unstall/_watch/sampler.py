@@ -212,6 +212,8 @@ _SYSCALL_ONLY = frozenset(
     {
         *(f"os.{name}" for name in ("read", "write", "pread", "pwrite", "readv", "writev")),
         *(f"os.{name}" for name in ("fsync", "fdatasync", "stat", "lstat", "fstat", "lseek")),
+        *(f"os.{name}" for name in ("open", "close", "access", "listdir", "mkdir", "rmdir")),
+        *(f"os.{name}" for name in ("unlink", "remove", "rename", "replace", "truncate")),
         *(f"socket.socket.{name}" for name in ("send", "sendto", "recv", "recv_into")),
         *(f"socket.socket.{name}" for name in ("recvfrom", "recvfrom_into")),
         "time.sleep",

@@ -38,11 +38,6 @@ _process_time = time.process_time
 SAMPLE_EVERY_S = 0.005
 HANG_EVERY_S = 1.0
 GAP_S = 0.01
-GAP_CPU_RATIO = 0.05
-"""A gap in the watchdog's polls is C code holding the GIL when the loop thread was on a
-CPU for at least this share of it: more than a low-priority thread kept off its CPU gets,
-and under what a computing thread gets on a crowded machine (a dozen runnable threads
-per CPU)."""
 GC_SHARE = 0.5
 """A stall is of kind ``gc`` when garbage collection took at least this share of it."""
 LINGER_S = 2.0
@@ -250,7 +245,7 @@ class Monitor:
             probe.retiring = False
             probe.start(mid_iteration)
             gcwatch.watch_thread(probe.thread_id, self.threshold / 4)
-            probe.signalled = interrupt.attach(probe.busy, self.threshold)
+            probe.signalled = interrupt.attach(probe.busy, probe.computed, self.threshold)
             # Arm the faulthandler timer now: the loop may enter C code holding the GIL
             # before the watchdog thread runs again.
             self._merge_dumps(faultdump.tick(_monotonic(), True, self.threshold))
@@ -318,11 +313,14 @@ class Monitor:
             # slept meanwhile (a handoff the loop's code did not ask for).
             self._woke_late = max(began - self._due, 0.0)
             with self._polling:
+                interrupt.poll_began(began)
                 try:
                     sampling = self.poll()
                 except BaseException as exc:  # no bug may end the one watchdog of the process
                     contain("the watchdog", "stalls may be missing", exc)
                     sampling = False
+                finally:
+                    interrupt.poll_ended(_monotonic())
             self._polls.append((began, _monotonic()))
             self._last_poll = began
             pause = SAMPLE_EVERY_S if sampling else min(self.threshold / 4, 0.025)
@@ -420,7 +418,7 @@ class Monitor:
             self._merge_witness()
         busy = probe.busy(now)
         track = self._tracks.get(key)
-        computed = self._computed(probe, now) if sample and probe.running else True
+        computed = probe.computed(now) if sample and probe.running else True
         while probe.finished:
             it_key, start, end, after = probe.finished.popleft()
             samples, handoffs = [], 0.0
@@ -482,16 +480,6 @@ class Monitor:
             track.hang_at = now
             self._hang(probe, track, now, deliveries)
         return True
-
-    @staticmethod
-    def _computed(probe: LoopProbe, now: float) -> bool:
-        """Whether the loop thread was on a CPU most of the time since the last poll
-        (``True`` when unknown). Keeps this poll's look for the next."""
-        stat = probe.clock.stat()
-        seen, probe.cpu_seen = probe.cpu_seen, None if stat is None else (now, stat[0])
-        if stat is None or seen is None or now <= seen[0]:
-            return True
-        return (stat[0] - seen[1]) / (now - seen[0]) >= GAP_CPU_RATIO
 
     def _meta(self, probe: LoopProbe) -> LoopMeta:
         return LoopMeta(loop=probe.id, thread=probe.thread, thread_id=probe.thread_id)
