@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import signal
 from collections.abc import Iterator
 
@@ -15,6 +16,20 @@ from helpers import SLACK_S
 # Ctrl-C tests need it as a terminal delivers it.
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+# The pytest processes tests start (pytester's, xdist workers) load no hypothesis: none of
+# them uses it, and importing it costs each one 0.75 s, minutes over the suite.
+_NO_HYPOTHESIS = " ".join(
+    filter(None, [os.environ.get("PYTEST_ADDOPTS", ""), "-p no:hypothesispytest"])
+)
+os.environ["PYTEST_ADDOPTS"] = _NO_HYPOTHESIS
+
+
+@pytest.fixture
+def pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    """pytest's own, with the option above back (it clears ``PYTEST_ADDOPTS``)."""
+    monkeypatch.setenv("PYTEST_ADDOPTS", _NO_HYPOTHESIS)
+    return pytester
 
 
 @pytest.fixture

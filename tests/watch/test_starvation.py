@@ -147,7 +147,7 @@ def test_a_loop_starved_by_the_os_is_not_reported(burners: int) -> None:
     def starved_loop() -> None:
         os.sched_setaffinity(0, {burners})
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 15)
-        asyncio.run(_healthy(rounds=40, work=20_000))
+        asyncio.run(_healthy(rounds=20, work=20_000))
 
     watcher = unstall.watch(threshold=THRESHOLD, log=False)
     try:
