@@ -9,7 +9,8 @@ This route makes it deterministic for a loop on the main thread. The watchdog ke
 one-shot ``ITIMER_REAL`` timer armed (re-armed at every poll, well before it expires), so
 the timer fires only when the watchdog could not run for ``TIMEOUT_FRACTION`` of the
 threshold; the handler names a line only if the loop thread computed meanwhile (other
-threads holding the GIL keep the watchdog and the loop waiting alike). The kernel delivers ``SIGALRM``; CPython's C handler only notes it, and the
+threads holding the GIL keep the watchdog and the loop waiting alike). The kernel
+delivers ``SIGALRM``; CPython's C handler only notes it, and the
 Python handler runs on the main thread at its next check for pending work: right after
 the C call returns (``CALL`` checks when it ends), at the next function start or loop
 jump (after an operator). The handler's ``frame`` argument is therefore the culprit's
