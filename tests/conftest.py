@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import os
 import signal
 from collections.abc import Iterator
 
@@ -17,18 +16,13 @@ from helpers import SLACK_S
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
-# The pytest processes tests start (pytester's, xdist workers) load no hypothesis: none of
-# them uses it, and importing it costs each one 0.75 s, minutes over the suite.
-_NO_HYPOTHESIS = " ".join(
-    filter(None, [os.environ.get("PYTEST_ADDOPTS", ""), "-p no:hypothesispytest"])
-)
-os.environ["PYTEST_ADDOPTS"] = _NO_HYPOTHESIS
-
 
 @pytest.fixture
 def pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
-    """pytest's own, with the option above back (it clears ``PYTEST_ADDOPTS``)."""
-    monkeypatch.setenv("PYTEST_ADDOPTS", _NO_HYPOTHESIS)
+    """pytest's own, whose pytest processes (and their xdist workers) load no hypothesis:
+    none of them uses it, and importing it costs each one 0.75 s, minutes over the suite.
+    (Through ``PYTEST_ADDOPTS``, which pytester clears when it starts.)"""
+    monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:hypothesispytest")
     return pytester
 
 
