@@ -20,7 +20,7 @@ import unstall
 from fixtures import diagnosis
 from fixtures.diagnosis import line_of
 from unstall import Stall
-from unstall._watch import interrupt
+from unstall._watch import gcwatch, interrupt
 
 THRESHOLD = 0.05
 FAST = 0.02
@@ -275,3 +275,22 @@ def test_a_programs_own_sigalrm_handler_is_left_alone() -> None:
         assert _culprit_line(stall) == line_of("c-call")
     finally:
         signal.signal(signal.SIGALRM, previous)
+
+
+def test_a_failing_garbage_collection_callback_never_reaches_the_program(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A collection's stack is read in ``gc.callbacks``, inside the program's allocation:
+    something refusing that read (blockbuster refusing ``os.path.abspath``) is our loss."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("Blocking call to os.path.abspath")
+
+    monkeypatch.setattr(gcwatch, "capture_own", refuse)
+    monkeypatch.setattr(gcwatch, "_NOTE_S", 0.0)
+    gcwatch.watch_thread(threading.get_ident(), 0.0)
+    try:
+        gcwatch._on_gc("start", {"generation": 2, "collected": 0})
+        gcwatch._on_gc("stop", {"generation": 2, "collected": 0})  # must not raise
+    finally:
+        gcwatch.watch_thread(threading.get_ident(), None)

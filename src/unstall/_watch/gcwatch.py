@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 import sys
 import threading
 import time
@@ -27,6 +28,7 @@ from unstall._watch.sampler import capture_own
 
 __all__ = ["Collection", "install", "overlapping", "uninstall", "watch_thread"]
 
+_log = logging.getLogger("unstall")
 _monotonic = time.monotonic
 _get_ident = threading.get_ident
 
@@ -51,6 +53,13 @@ _NOTE_S = 0.001
 
 
 def _on_gc(phase: str, info: dict[str, Any]) -> None:
+    try:
+        _record(phase, info)
+    except Exception:  # runs inside the program's allocations: never raise into them
+        _log.debug("unstall: garbage-collection callback failed", exc_info=True)
+
+
+def _record(phase: str, info: dict[str, Any]) -> None:
     ident = _get_ident()
     if ident not in _watched:
         return
