@@ -20,6 +20,7 @@ import pytest
 import unstall
 from fixtures import blocking
 from fixtures.blocking import line_of
+from helpers import SLACK_S
 from unstall import Frame, Stall, Watcher
 from unstall._watch.probe import describe_loop
 
@@ -262,6 +263,42 @@ def test_stall_still_going_on_when_the_watcher_stops_is_reported() -> None:
     assert stall.duration_s >= truth
     assert stall.culprit is not None
     assert stall.culprit.line == line_of("sleep")
+
+
+def test_a_stall_going_on_in_another_threads_loop_at_stop_is_reported_as_it_stands() -> None:
+    """The watcher stops before that loop's iteration ends: the end would come too late for
+    it. A watcher that goes on gets the whole stall when it ends."""
+    blocking_now = threading.Event()
+
+    def block() -> None:
+        blocking_now.set()
+        blocking.sleep_block(1.0)
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="still-blocked")
+    thread.start()
+    stays = unstall.watch(threshold=THRESHOLD, log=False)
+    stopping = unstall.watch(threshold=THRESHOLD, log=False)
+    try:
+        time.sleep(0.05)
+        loop.call_soon_threadsafe(block)
+        assert blocking_now.wait(SLACK_S)
+        time.sleep(0.3)
+        stopping.stop()
+        asyncio.run_coroutine_threadsafe(asyncio.sleep(0), loop).result(SLACK_S)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()
+        stays.stop()
+    stall = only(stopping)
+    assert stall.ongoing
+    assert 0.3 <= stall.duration_s < 1.0
+    assert stall.culprit is not None
+    assert stall.culprit.line == line_of("sleep")
+    whole = only(stays)
+    assert not whole.ongoing
+    assert whole.duration_s >= 1.0
 
 
 # -- nothing to report ---------------------------------------------------------------------

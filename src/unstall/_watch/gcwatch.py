@@ -18,6 +18,7 @@ import logging
 import sys
 import threading
 import time
+import types
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -54,12 +55,13 @@ _NOTE_S = 0.001
 
 def _on_gc(phase: str, info: dict[str, Any]) -> None:
     try:
-        _record(phase, info)
+        _record(phase, info, sys._getframe(1))
     except Exception:  # runs inside the program's allocations: never raise into them
         _log.debug("unstall: garbage-collection callback failed", exc_info=True)
 
 
-def _record(phase: str, info: dict[str, Any]) -> None:
+def _record(phase: str, info: dict[str, Any], frame: types.FrameType) -> None:
+    """``frame``: the one that triggered the collection, the callback's caller."""
     ident = _get_ident()
     if ident not in _watched:
         return
@@ -74,10 +76,8 @@ def _record(phase: str, info: dict[str, Any]) -> None:
         return
     _done.append(Collection(ident, began, now, info["generation"], info["collected"]))
     if now - began >= _watched[ident]:
-        # The stack now is the one that triggered the collection: our frame's caller.
         # Since 3.12 a collection runs at the next check after the allocation, which may
         # be the start of the ``__init__`` the allocating line called: the line is there.
-        frame = sys._getframe(1)
         taken = capture_own(frame, began, "gc", locate(frame, allocation=True))
         if taken is not None:
             witness.push(ident, taken)

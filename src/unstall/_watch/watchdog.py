@@ -400,6 +400,8 @@ class Monitor:
                     ):
                         probe.cut(now)
                     self._poll_probe(key, probe, now, deliveries, sample=False)
+                    if final_for is not None and probe.running and final_for.wants(probe.loop):
+                        self._unfinished(key, probe, now, final_for, deliveries)
                     if probe.retiring and not probe.running and not probe.finished:
                         self._retire(key, probe)
                 except Exception as exc:
@@ -475,29 +477,55 @@ class Monitor:
         if (
             now - start >= self.threshold
             and (track.hang_at is None or now - track.hang_at >= HANG_EVERY_S)
-            and not self._starved_so_far(probe, track, now)
+            and self._starved_so_far(probe, track, now) is None
         ):
             track.hang_at = now
             self._hang(probe, track, now, deliveries)
         return True
 
+    def _unfinished(
+        self,
+        key: int,
+        probe: LoopProbe,
+        now: float,
+        watcher: Subscription,
+        deliveries: list[Delivery],
+    ) -> None:
+        """``watcher`` stops while ``probe``'s loop, in another thread, is blocked past its
+        threshold: the stall so far goes to it, ``ongoing``, since the iteration's own end
+        comes after it stopped (the watchers that go on get the whole stall then)."""
+        busy = probe.busy(now)
+        if busy is None or now - busy[1] < watcher.threshold:
+            return
+        track = self._tracks.get(key)
+        if track is None or track.key != busy[0]:
+            track = _Track(busy[0], busy[1])
+        lo, hi, part = split_by_callback(track.samples, track.start, now)[-1]
+        if hi - lo < watcher.threshold or _the_watchers_own(part):
+            return
+        stall = build_stall(part, lo, hi, self._meta(probe), ongoing=True)
+        stall = _with_gc(stall, probe.thread_id, lo, hi)
+        starved = self._starved_so_far(probe, track, now)
+        if starved is not None:
+            stall = stall.with_updates(culprit=None, call=starved, kind="unknown")
+            deliveries.append((watcher.on_starved, stall))
+        else:
+            deliveries.append((watcher.on_stall, stall))
+
     def _meta(self, probe: LoopProbe) -> LoopMeta:
         return LoopMeta(loop=probe.id, thread=probe.thread, thread_id=probe.thread_id)
 
-    def _starved_so_far(self, probe: LoopProbe, track: _Track, now: float) -> bool:
-        """Whether the iteration going on is, so far, the loop kept from running."""
+    def _starved_so_far(self, probe: LoopProbe, track: _Track, now: float) -> str | None:
+        """What kept the loop from running, if that is, so far, the iteration going on."""
         stat = probe.clock.stat()
         if stat is None:
-            return False
+            return None
         # Read from here, a wait still going on is not counted yet: this errs on the side
         # of reporting the hang.
         after = Reading(now, stat[0], stat[1], _process_time())
         before = reading_before(probe.readings, track.start)
         held = self._held(track.start, now) + track.handoffs
-        return (
-            starved_by(track.samples, track.start, now, before, after, self.threshold, held)
-            is not None
-        )
+        return starved_by(track.samples, track.start, now, before, after, self.threshold, held)
 
     def _finish(
         self,

@@ -152,7 +152,9 @@ class Watcher:
 
         Idempotent. A stall still going on in the calling thread's loop (the callback
         calling ``stop()`` has blocked for longer than the threshold) is closed and
-        reported. Once it returns, no more stalls reach this watcher.
+        reported. One still going on in a loop of another thread is reported as it
+        stands, with ``ongoing=True`` (that loop's own end of it would come too late).
+        Once it returns, no more stalls reach this watcher.
         """
         with self._lock:
             if self._stopped_t is not None:
