@@ -192,6 +192,14 @@ def _table(results: dict[str, list[Round]], loop: str, rounds: int, duration: in
     table.notes.append(
         f"median of {rounds} interleaved round(s) of {duration} s per measurement, each "
         f"variant in a fresh server process; wrk -t1 --latency from another process on "
-        f"127.0.0.1; {os.cpu_count()} CPUs shared by the server, wrk and anything else running"
+        f"127.0.0.1; {os.cpu_count()} CPUs shared by the server, wrk and anything else running; "
+        f"uvicorn's HTTP parser: {_http_parser()}"
     )
     return table
+
+
+def _http_parser() -> str:
+    """What uvicorn's ``http="auto"`` picks in the server (the same interpreter)."""
+    import importlib.util
+
+    return "httptools" if importlib.util.find_spec("httptools") is not None else "h11"
