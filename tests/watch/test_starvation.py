@@ -94,8 +94,12 @@ def test_busy_share_from_the_counters() -> None:
 # ------------------------------------------------------------------------ real threads
 
 
+def _blamed_on_our_lines(stalls: list[Stall]) -> list[Stall]:
+    return [s for s in stalls if s.culprit is not None and s.culprit.file == __file__]
+
+
 def _no_user_line_blamed(stalls: list[Stall]) -> None:
-    blamed = [s for s in stalls if s.culprit is not None and s.culprit.file == __file__]
+    blamed = _blamed_on_our_lines(stalls)
     assert blamed == [], blamed
 
 
@@ -160,7 +164,7 @@ def test_a_loop_starved_by_the_os_is_not_reported(burners: int) -> None:
     # before the iteration began. When that reading is not close before it, the time in
     # between counts as the loop's own and the verdict errs on the side of a real stall:
     # about one run in a hundred here reports one such iteration, on the line it was in.
-    blamed = [s for s in watcher.stalls if s.culprit is not None and s.culprit.file == __file__]
+    blamed = _blamed_on_our_lines(watcher.stalls)
     assert len(blamed) <= 1, blamed
     assert len(watcher.starved) >= 10, "the loop was seldom late: the test did not starve it"
     assert {s.call for s in watcher.starved} <= {OS, GIL}

@@ -18,7 +18,6 @@ import logging
 import sys
 import threading
 import time
-import types
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -55,13 +54,12 @@ _NOTE_S = 0.001
 
 def _on_gc(phase: str, info: dict[str, Any]) -> None:
     try:
-        _record(phase, info, sys._getframe(1))
+        _record(phase, info)
     except Exception:  # runs inside the program's allocations: never raise into them
         _log.debug("unstall: garbage-collection callback failed", exc_info=True)
 
 
-def _record(phase: str, info: dict[str, Any], frame: types.FrameType) -> None:
-    """``frame``: the one that triggered the collection, the callback's caller."""
+def _record(phase: str, info: dict[str, Any]) -> None:
     ident = _get_ident()
     if ident not in _watched:
         return
@@ -76,6 +74,8 @@ def _record(phase: str, info: dict[str, Any], frame: types.FrameType) -> None:
         return
     _done.append(Collection(ident, began, now, info["generation"], info["collected"]))
     if now - began >= _watched[ident]:
+        # The frame that triggered the collection: the caller of ``_on_gc``, which calls us.
+        frame = sys._getframe(2)
         # Since 3.12 a collection runs at the next check after the allocation, which may
         # be the start of the ``__init__`` the allocating line called: the line is there.
         taken = capture_own(frame, began, "gc", locate(frame, allocation=True))

@@ -383,7 +383,8 @@ class Monitor:
         """Turn every finished iteration into stalls now (used by ``Watcher.stop``).
 
         When ``final_for`` stops from inside a loop it watches, the iteration running there
-        is the one calling ``stop()``: it is closed as a stall too if long enough.
+        is the one calling ``stop()``: it is closed as a stall too if long enough. One
+        running long in another thread's loop goes to ``final_for`` as it stands.
         """
         deliveries: list[Delivery] = []
         with self._lock:
@@ -392,16 +393,14 @@ class Monitor:
             me = threading.get_ident()
             for key, probe in list(self._probes.items()):
                 try:
-                    if (
-                        final_for is not None
-                        and probe.thread_id == me
-                        and probe.running
-                        and final_for.wants(probe.loop)
-                    ):
+                    closing = final_for
+                    if closing is not None and not (probe.running and closing.wants(probe.loop)):
+                        closing = None
+                    if closing is not None and probe.thread_id == me:
                         probe.cut(now)
                     self._poll_probe(key, probe, now, deliveries, sample=False)
-                    if final_for is not None and probe.running and final_for.wants(probe.loop):
-                        self._unfinished(key, probe, now, final_for, deliveries)
+                    if closing is not None and probe.thread_id != me:
+                        self._unfinished(key, probe, now, closing, deliveries)
                     if probe.retiring and not probe.running and not probe.finished:
                         self._retire(key, probe)
                 except Exception as exc:

@@ -61,9 +61,14 @@ def run(opts: BenchOptions) -> list[Table]:
 
 
 def _has_loop(loop: str) -> bool:
+    return loop == "asyncio" or _importable(loop)
+
+
+def _importable(module: str) -> bool:
+    """Whether ``module`` is installed (the server runs in this same interpreter)."""
     import importlib.util
 
-    return loop == "asyncio" or importlib.util.find_spec(loop) is not None
+    return importlib.util.find_spec(module) is not None
 
 
 def _measure_loop(wrk: str, loop: str, quick: bool) -> Table:
@@ -199,7 +204,5 @@ def _table(results: dict[str, list[Round]], loop: str, rounds: int, duration: in
 
 
 def _http_parser() -> str:
-    """What uvicorn's ``http="auto"`` picks in the server (the same interpreter)."""
-    import importlib.util
-
-    return "httptools" if importlib.util.find_spec("httptools") is not None else "h11"
+    """What uvicorn's ``http="auto"`` picks in the server."""
+    return "httptools" if _importable("httptools") else "h11"
