@@ -312,6 +312,37 @@ def test_a_child_killed_by_sigkill_keeps_the_stalls_it_wrote(tmp_path: Path) -> 
     assert left_behind(tmp_path) == []
 
 
+def test_a_child_killed_in_the_middle_of_a_stall_leaves_it_ongoing_with_its_line(
+    tmp_path: Path,
+) -> None:
+    script = write(
+        tmp_path / "killed.py",
+        """\
+        import asyncio, multiprocessing, os, signal, time
+
+        async def main():
+            time.sleep(0.6)  # the stall the kill cuts short
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        def task():
+            asyncio.run(main())
+
+        if __name__ == "__main__":
+            p = multiprocessing.get_context("spawn").Process(target=task)
+            p.start()
+            p.join()
+            print(p.exitcode)
+        """,
+    )
+    proc, report = run(tmp_path, script.name)
+    assert proc.stdout.strip() == str(-signal.SIGKILL)
+    [stall] = at_line(report, script, 4)
+    assert stall["ongoing"] is True
+    assert 0.1 <= stall["duration_s"] <= 0.6
+    assert stall["process"] != "main"
+    assert left_behind(tmp_path) == []
+
+
 def test_unstall_s_own_process_pool_workers_are_not_watched(tmp_path: Path) -> None:
     script = write(
         tmp_path / "offload.py",

@@ -22,7 +22,8 @@ import pytest
 import helpers
 from helpers import child_env, run_python
 from unstall import Frame, Report, Stall
-from unstall._cli.run import Options, Session, UsageError, _worth_a_line, parse_args
+from unstall._cli.run import Options, Session, UsageError, parse_args
+from unstall._report.summary import hang_worth_a_line
 
 PY = sys.executable
 
@@ -115,13 +116,13 @@ def test_live_lines_of_a_long_hang_thin_out() -> None:
     printed, previous = [], None
     for second in range(200):
         stall = hang.with_updates(duration_s=0.1 + second)
-        if _worth_a_line(previous, stall):
+        if hang_worth_a_line(previous, stall):
             printed.append(round(stall.duration_s, 1))
         previous = stall
     assert printed == [0.1, 1.1, 2.1, 5.1, 10.1, 20.1, 30.1, 60.1, 120.1, 180.1]
     moved = stall.with_updates(duration_s=stall.duration_s + 1, culprit=Frame("/app.py", 9, "g"))
-    assert _worth_a_line(stall, moved)
-    assert _worth_a_line(stall, hang.with_updates(start_s=50.0))  # another hang
+    assert hang_worth_a_line(stall, moved)
+    assert hang_worth_a_line(stall, hang.with_updates(start_s=50.0))  # another hang
 
 
 def test_a_live_hang_is_in_the_report_once_until_it_ends() -> None:

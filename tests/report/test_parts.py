@@ -41,6 +41,30 @@ def test_a_torn_last_line_is_skipped_and_the_stalls_before_it_kept(tmp_path: Pat
     assert read.duration_s is None
 
 
+def test_a_hang_whose_end_was_not_written_is_read_back_ongoing_as_last_reported(
+    tmp_path: Path,
+) -> None:
+    part = PartWriter(str(tmp_path), 7, "gunicorn worker 1", 100.0)
+    part.hang(stall(0.5).with_updates(duration_s=0.1, ongoing=True))
+    part.hang(stall(0.5).with_updates(duration_s=1.1, ongoing=True, culprit=Frame("/a", 8, "g")))
+    part.close()
+    [read] = read_parts(str(tmp_path))
+    [hang] = read.stalls
+    assert (hang.start_s, hang.duration_s, hang.ongoing) == (0.5, 1.1, True)
+    assert hang.culprit == Frame("/a", 8, "g")
+
+
+def test_a_hang_followed_by_its_end_is_one_stall(tmp_path: Path) -> None:
+    part = PartWriter(str(tmp_path), 7, "gunicorn worker 1", 100.0)
+    part.hang(stall(0.5).with_updates(duration_s=0.1, ongoing=True))
+    never_ended = stall(2.0, line=4).with_updates(duration_s=0.1, ongoing=True)
+    part.hang(never_ended)
+    part.stall(stall(0.51))
+    part.close()
+    [read] = read_parts(str(tmp_path))
+    assert [(s.start_s, s.ongoing) for s in read.stalls] == [(0.51, False), (2.0, True)]
+
+
 def test_merge_puts_children_on_the_main_timeline_and_names_every_process(tmp_path: Path) -> None:
     child = PartWriter(str(tmp_path), 4242, "gunicorn worker 1", 101.0)
     child.stall(stall(0.5, line=9).with_updates(process="gunicorn worker 1"))

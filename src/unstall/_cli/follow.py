@@ -15,7 +15,8 @@ Two routes, the way coverage.py follows subprocesses:
   its code (``unstall bench startup`` checks it).
 
 Each child writes its findings to its own part file in the run directory
-(:mod:`unstall._report.parts`), as they happen; the parent merges the parts at exit and
+(:mod:`unstall._report.parts`), as they happen (a stall once it passes the threshold, then
+again at its end); the parent merges the parts at exit and
 removes the directory. Live "stuck" lines from a child go to its stderr (usually the
 parent's), naming its pid.
 """
@@ -39,7 +40,7 @@ from typing import Any
 
 from unstall._report.parts import PartWriter
 from unstall._report.records import LoopInfo, Stall
-from unstall._report.summary import render_hang_line
+from unstall._report.summary import hang_worth_a_line, render_hang_line
 
 __all__ = ["ENV", "FollowOptions", "begin", "leave", "start_in_child"]
 
@@ -215,6 +216,7 @@ class _Child:
         self._done = False
         self._lock = threading.Lock()
         self._loops_seen: set[str] = set()
+        self._hangs: dict[tuple[int, str], Stall] = {}  # the last live record of each loop
         self.started_at, self._t0 = time.time(), time.monotonic()
         self.part = PartWriter(run_dir, self.pid, self.role(), self.started_at)
         self._uninstall_strict = _install_strict() if options.strict else None
@@ -244,10 +246,16 @@ class _Child:
             self.part.loop(loop, self.role())
 
     def _on_hang(self, stall: Stall) -> None:
-        if self.options.quiet or os.getpid() != self.pid:
+        if os.getpid() != self.pid:
             return
-        line = render_hang_line(stall, color=self.options.color)
-        _say(line.replace("unstall:", f"unstall [pid {self.pid}, {self.role()}]:", 1))
+        stall = stall.with_updates(pid=self.pid, process=self.role())
+        # Written first: the process may die before the stall's end is written.
+        self.part.hang(stall)
+        key = (stall.thread_id, stall.loop)
+        previous, self._hangs[key] = self._hangs.get(key), stall
+        if not self.options.quiet and hang_worth_a_line(previous, stall):
+            line = render_hang_line(stall, color=self.options.color)
+            _say(line.replace("unstall:", f"unstall [pid {self.pid}, {self.role()}]:", 1))
 
     def finish_with_multiprocessing(self) -> None:
         from multiprocessing import util

@@ -33,7 +33,7 @@ from unstall._report.format import should_color
 from unstall._report.incidents import contain, notes_since
 from unstall._report.parts import merge, read_parts, remove_run_dir
 from unstall._report.records import Report, Stall
-from unstall._report.summary import render_hang_line, render_summary
+from unstall._report.summary import hang_worth_a_line, render_hang_line, render_summary
 from unstall._report.writers import WRITERS, Writer
 
 __all__ = ["main"]
@@ -224,7 +224,7 @@ class Session:
         with self._lock:
             previous = self._ongoing.get((stall.thread_id, stall.loop))
             self._ongoing[(stall.thread_id, stall.loop)] = stall
-        if not self.opts.quiet and _worth_a_line(previous, stall):
+        if not self.opts.quiet and hang_worth_a_line(previous, stall):
             _say(render_hang_line(stall, color=self._color))
         self._dirty.set()  # written by our own thread: never block the watcher's
 
@@ -244,7 +244,7 @@ class Session:
             report.duration_s = time.monotonic() - self._started_mono
         with self._lock:
             ongoing = list(self._ongoing.values())
-        report.stalls += [o for o in ongoing if not any(_same(o, s) for s in report.stalls)]
+        report.stalls += [o for o in ongoing if not any(o.same_as(s) for s in report.stalls)]
         report.stalls = sorted((_without_runner(s) for s in report.stalls), key=lambda s: s.start_s)
         return self._merged(report)
 
@@ -367,26 +367,6 @@ def _within(seconds: float, func: Callable[[], T]) -> T:
     if errors:
         raise errors[0]
     return box[0]
-
-
-# Live lines of a long hang thin out (the --json file still follows every update).
-_MILESTONES_S = (1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0)
-
-
-def _worth_a_line(previous: Stall | None, stall: Stall) -> bool:
-    """A new hang, a hang that moved to another line, or one that passed a milestone."""
-    if previous is None or abs(previous.start_s - stall.start_s) > 1e-3:
-        return True
-    if previous.culprit != stall.culprit:
-        return True
-    before, now = previous.duration_s, stall.duration_s
-    passed = [m for m in _MILESTONES_S if before < m <= now]
-    return bool(passed) or (now >= 60.0 and before // 60.0 != now // 60.0)
-
-
-def _same(a: Stall, b: Stall) -> bool:
-    """The same stall of the same loop (one seen live, the other in the watcher's report)."""
-    return a.thread_id == b.thread_id and a.loop == b.loop and abs(a.start_s - b.start_s) < 0.05
 
 
 def _without_runner(stall: Stall) -> Stall:

@@ -3,13 +3,20 @@
 ``unstall run`` follows the processes a program starts (see :mod:`unstall._cli.follow`).
 Each child writes its own file in the run's directory: JSON lines, the file opened with
 ``O_APPEND`` and each record written by one ``os.write`` as it happens, so a child killed by
-SIGTERM or SIGKILL loses at most the stall in progress, and no two processes ever write to
-one file. A torn last line (a kill in the middle of a write) is skipped when reading.
+SIGTERM or SIGKILL keeps what it wrote, and no two processes ever write to one file. A torn
+last line (a kill in the middle of a write) is skipped when reading.
+
+A stall is written twice: as a ``hang`` once it passes the threshold (and again each time it
+is reported live), then as a ``stall`` when it ends. A process that dies in the middle, or
+between the end of an iteration and the watchdog's next look at it (a server re-raising
+SIGINT with its default action right after its last request), still leaves the hang: it
+is reported ``ongoing``, as long as it was known to last.
 
 Records, one per line::
 
     {"part": 1, "pid": 4242, "role": "SpawnProcess-1", "started_at": 1764115200.5}
     {"loop": {...}, "role": "..."}   # LoopInfo.to_dict() of a loop that started running
+    {"hang": {...}}       # Stall.to_dict(), ongoing: a stall so far (written again as it grows)
     {"stall": {...}}      # Stall.to_dict(), start_s relative to the part's started_at
     {"end": {"duration_s": 3.2, "role": "SpawnProcess-1", "loops": [...]}}   # clean exit
 
@@ -53,6 +60,10 @@ class PartWriter:
         """Record one finished stall (timed from this part's ``started_at``)."""
         self._append({"stall": stall.to_dict()})
 
+    def hang(self, stall: Stall) -> None:
+        """Record a stall still going on (kept unless its end, a ``stall``, comes)."""
+        self._append({"hang": stall.to_dict()})
+
     def loop(self, loop: LoopInfo, role: str) -> None:
         """Record a loop that started running (its lag comes with the end, if any)."""
         self._append({"loop": loop.to_dict(), "role": role})
@@ -84,7 +95,10 @@ class PartWriter:
 
 @dataclass
 class Part:
-    """What one process wrote: its stalls, and its end when it ended cleanly."""
+    """What one process wrote: its stalls, and its end when it ended cleanly.
+
+    ``stalls`` includes, ``ongoing``, each hang whose end the process did not write.
+    """
 
     pid: int
     role: str
@@ -114,6 +128,7 @@ def _read_part(path: Path) -> Part | None:
     except OSError:
         return None
     part: Part | None = None
+    hangs: list[Stall] = []
     for raw in lines:
         try:
             record = json.loads(raw)
@@ -123,6 +138,8 @@ def _read_part(path: Path) -> Part | None:
                 part = Part(int(record["pid"]), str(record["role"]), float(record["started_at"]))
             elif "stall" in record:
                 part.stalls.append(Stall.from_dict(record["stall"]))
+            elif "hang" in record:
+                hangs.append(Stall.from_dict(record["hang"]))
             elif "loop" in record:
                 loop = LoopInfo.from_dict(record["loop"])
                 if all(known.id != loop.id for known in part.loops):
@@ -135,7 +152,22 @@ def _read_part(path: Path) -> Part | None:
                 part.loops = [LoopInfo.from_dict(lp) for lp in end.get("loops", ())]
         except (ValueError, TypeError, KeyError, AttributeError):
             continue  # a torn line from a process killed mid-write
+    if part is not None:
+        part.stalls += _unended(hangs, part.stalls)
+        part.stalls.sort(key=lambda s: s.start_s)
     return part
+
+
+def _unended(hangs: list[Stall], stalls: list[Stall]) -> list[Stall]:
+    """The last record of each hang that no finished stall accounts for."""
+    last: list[Stall] = []
+    for hang in hangs:
+        known = [i for i, seen in enumerate(last) if seen.same_as(hang)]
+        if known:
+            last[known[0]] = hang  # the same hang, reported again as it grew
+        else:
+            last.append(hang)
+    return [h for h in last if not any(h.same_as(s) for s in stalls)]
 
 
 def merge(report: Report, parts: list[Part], pid: int, role: str) -> Report:

@@ -185,6 +185,14 @@ class Stall:
         changes.setdefault("fix", None)
         return replace(self, **changes)
 
+    def same_as(self, other: Stall) -> bool:
+        """The same stall of the same loop (one seen live, ``ongoing``, the other at its end)."""
+        return (
+            self.thread_id == other.thread_id
+            and self.loop == other.loop
+            and abs(self.start_s - other.start_s) < 0.05
+        )
+
     @property
     def fix_hint(self) -> str:
         """The fix's sentence (``fix.text``): every output shows this same text."""

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from unstall._report.format import format_duration, short_path, should_color
 from unstall._report.records import Frame, Report, Stall, group_by_culprit
 
-__all__ = ["render_hang_line", "render_summary"]
+__all__ = ["hang_worth_a_line", "render_hang_line", "render_summary"]
 
 _MAX_GROUPS = 12
 _RESET = "\033[0m"
@@ -65,6 +65,21 @@ def render_hang_line(stall: Stall, *, color: bool = False, cwd: str | None = Non
     tail = f": {what}" if what else ""
     stuck = paint(f"stuck for {format_duration(stall.duration_s)}", "yellow")
     return f"unstall: loop in {stall.thread} {stuck} at {paint(where, 'where')}{tail}"
+
+
+# Live lines of a long hang thin out (the --json file still follows every update).
+_MILESTONES_S = (1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0)
+
+
+def hang_worth_a_line(previous: Stall | None, stall: Stall) -> bool:
+    """A new hang, a hang that moved to another line, or one that passed a milestone."""
+    if previous is None or abs(previous.start_s - stall.start_s) > 1e-3:
+        return True
+    if previous.culprit != stall.culprit:
+        return True
+    before, now = previous.duration_s, stall.duration_s
+    passed = [m for m in _MILESTONES_S if before < m <= now]
+    return bool(passed) or (now >= 60.0 and before // 60.0 != now // 60.0)
 
 
 def _most_common(values: Sequence[str | None]) -> str | None:

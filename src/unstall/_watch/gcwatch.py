@@ -24,7 +24,7 @@ from typing import Any
 
 from unstall._watch import witness
 from unstall._watch.checkpoint import locate
-from unstall._watch.sampler import capture_own
+from unstall._watch.sampler import capture_own, never_sample_in
 
 __all__ = ["Collection", "install", "overlapping", "uninstall", "watch_thread"]
 
@@ -57,6 +57,11 @@ def _on_gc(phase: str, info: dict[str, Any]) -> None:
         _record(phase, info)
     except Exception:  # runs inside the program's allocations: never raise into them
         _log.debug("unstall: garbage-collection callback failed", exc_info=True)
+
+
+# Reading the culprit's source may release the GIL: a watchdog sample taken then would put
+# this callback on the program's stack. The callback takes its own sample instead.
+never_sample_in(_on_gc)
 
 
 def _record(phase: str, info: dict[str, Any]) -> None:
