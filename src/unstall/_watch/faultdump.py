@@ -54,7 +54,10 @@ _original_cancel: Callable[[], None] = faulthandler.cancel_dump_traceback_later
 _foreign = False
 _said_foreign = False
 _enabled = False
-_fd: int | None = None
+_fds: list[int | None] = [None, None]
+"""Two dump files, used in turn: the timer is armed on one while the other is read."""
+_current = 0
+"""The file the armed timer writes to."""
 _armed_at: float | None = None
 _timeout = 0.0
 
@@ -152,19 +155,20 @@ def available() -> bool:
 # -- the watchdog's side ---------------------------------------------------------------------
 
 
-def _file() -> int:
-    global _fd
-    if _fd is None:
+def _file(index: int) -> int:
+    """One of the two dump files (unlinked temporary files), made on first use."""
+    fd = _fds[index]
+    if fd is None:
         fd, path = tempfile.mkstemp(prefix="unstall-faulthandler-")
         os.close(fd)
-        _fd = os.open(path, os.O_RDWR | os.O_APPEND)
+        fd = _fds[index] = os.open(path, os.O_RDWR | os.O_APPEND)
         os.unlink(path)
-    return _fd
+    return fd
 
 
-def _collect() -> list[Dump]:
-    """Read what the (cancelled or fired) timer wrote, then empty the file."""
-    fd = _file()
+def _collect(index: int, fired_at: float) -> list[Dump]:
+    """Read what a cancelled or fired timer wrote in file ``index``, then empty it."""
+    fd = _file(index)
     if os.fstat(fd).st_size == 0:
         return []
     os.lseek(fd, 0, os.SEEK_SET)
@@ -172,13 +176,12 @@ def _collect() -> list[Dump]:
     while chunk := os.read(fd, 1 << 20):
         chunks.append(chunk)
     os.ftruncate(fd, 0)
-    fired_at = (_armed_at or 0.0) + _timeout
     return [parse(b"".join(chunks).decode("utf-8", "replace"), fired_at)]
 
 
 def tick(now: float, active: bool, threshold: float) -> list[Dump]:
     """Re-arm the timer when due; return any dump it wrote. Call only from the watchdog."""
-    global _armed_at, _timeout, _said_foreign
+    global _armed_at, _timeout, _said_foreign, _current
     if not _enabled:
         return []
     if _foreign:
@@ -193,19 +196,21 @@ def tick(now: float, active: bool, threshold: float) -> list[Dump]:
     timeout = max(threshold * TIMEOUT_FRACTION, 0.02)
     if _armed_at is not None and active and now - _armed_at < timeout / 2:
         return []
-    dumps: list[Dump] = []
+    # Re-armed on the other file before the expired timer's file is read: reading releases
+    # the GIL, and C code the loop thread starts meanwhile must find a timer armed.
+    expired = None if _armed_at is None else _armed_at + _timeout
     if _armed_at is not None:
         _original_cancel()
-        dumps = _collect()
         _armed_at = None
+    previous = _current
     if active:
         try:
-            _original_arm(timeout, repeat=False, file=_file(), exit=False)
+            _original_arm(timeout, repeat=False, file=_file(1 - previous), exit=False)
         except (OSError, RuntimeError, ValueError) as exc:
             _disable(f"cannot arm faulthandler's timer ({exc})")
-            return dumps
-        _armed_at, _timeout = now, timeout
-    return dumps
+        else:
+            _armed_at, _timeout, _current = now, timeout, 1 - previous
+    return [] if expired is None else _collect(previous, expired)
 
 
 def _disable(reason: str) -> None:
@@ -216,8 +221,8 @@ def _disable(reason: str) -> None:
 
 def forget_after_fork() -> None:
     """In a forked child: the timer and its file belong to the parent; start afresh."""
-    global _armed_at, _fd
-    _armed_at, _fd = None, None
+    global _armed_at, _fds
+    _armed_at, _fds = None, [None, None]
 
 
 def disarm() -> None:
@@ -225,5 +230,5 @@ def disarm() -> None:
     global _armed_at
     if _armed_at is not None and not _foreign:
         _original_cancel()
-        _collect()
+        _collect(_current, _armed_at + _timeout)  # emptied for the next watcher
         _armed_at = None
