@@ -74,6 +74,18 @@ def write(path: Path, source: str) -> Path:
     return path
 
 
+def in_a_spawned_child(source: str, show: str) -> str:
+    """``source`` (defining ``task``) run in a spawned child; the parent prints ``p.<show>``."""
+    main = f"""
+        if __name__ == "__main__":
+            p = multiprocessing.get_context("spawn").Process(target=task)
+            p.start()
+            p.join()
+            print(p.{show})
+        """
+    return textwrap.dedent(source) + textwrap.dedent(main)
+
+
 def env_for(tmp_path: Path) -> dict[str, str]:
     temp = tmp_path / "tmp"
     temp.mkdir(exist_ok=True)
@@ -196,21 +208,19 @@ def test_a_worker_s_live_line_names_its_pid(tmp_path: Path) -> None:
     write(tmp_path / "app.py", APP.replace("0.15", "1.3"))
     script = write(
         tmp_path / "hit.py",
-        """\
-        import multiprocessing, asyncio, time
+        in_a_spawned_child(
+            """\
+            import multiprocessing, asyncio, time
 
-        async def job():
-            time.sleep(1.3)
+            async def job():
+                time.sleep(1.3)
 
-        def task():
-            asyncio.run(job())
+            def task():
+                asyncio.run(job())
 
-        if __name__ == "__main__":
-            p = multiprocessing.get_context("spawn").Process(target=task)
-            p.start()
-            p.join()
-            print(p.pid)
-        """,
+            """,
+            "pid",
+        ),
     )
     proc, report = run(tmp_path, script.name)
     pid = int(proc.stdout.strip())
@@ -286,22 +296,20 @@ def test_a_python_subprocess_and_an_os_fork_child_are_followed(tmp_path: Path) -
 def test_a_child_killed_by_sigkill_keeps_the_stalls_it_wrote(tmp_path: Path) -> None:
     script = write(
         tmp_path / "killed.py",
-        """\
-        import asyncio, multiprocessing, os, signal, time
+        in_a_spawned_child(
+            """\
+            import asyncio, multiprocessing, os, signal, time
 
-        async def main():
-            time.sleep(0.15)  # before the kill
+            async def main():
+                time.sleep(0.15)  # before the kill
 
-        def task():
-            asyncio.run(main())  # when it returns, the loop's stalls are written
-            os.kill(os.getpid(), signal.SIGKILL)
+            def task():
+                asyncio.run(main())  # when it returns, the loop's stalls are written
+                os.kill(os.getpid(), signal.SIGKILL)
 
-        if __name__ == "__main__":
-            p = multiprocessing.get_context("spawn").Process(target=task)
-            p.start()
-            p.join()
-            print(p.exitcode)
-        """,
+            """,
+            "exitcode",
+        ),
     )
     proc, report = run(tmp_path, script.name)
     assert proc.stdout.strip() == str(-signal.SIGKILL)
@@ -317,22 +325,20 @@ def test_a_child_killed_in_the_middle_of_a_stall_leaves_it_ongoing_with_its_line
 ) -> None:
     script = write(
         tmp_path / "killed.py",
-        """\
-        import asyncio, multiprocessing, os, signal, time
+        in_a_spawned_child(
+            """\
+            import asyncio, multiprocessing, os, signal, time
 
-        async def main():
-            time.sleep(0.6)  # the stall the kill cuts short
-            os.kill(os.getpid(), signal.SIGKILL)
+            async def main():
+                time.sleep(0.6)  # the stall the kill cuts short
+                os.kill(os.getpid(), signal.SIGKILL)
 
-        def task():
-            asyncio.run(main())
+            def task():
+                asyncio.run(main())
 
-        if __name__ == "__main__":
-            p = multiprocessing.get_context("spawn").Process(target=task)
-            p.start()
-            p.join()
-            print(p.exitcode)
-        """,
+            """,
+            "exitcode",
+        ),
     )
     proc, report = run(tmp_path, script.name)
     assert proc.stdout.strip() == str(-signal.SIGKILL)
