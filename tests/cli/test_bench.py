@@ -72,10 +72,12 @@ def test_quick_frameworks_bench_measures_every_variant_under_wrk() -> None:
         "unstall.integrations.anyio.install()",
         "async def + asyncio.to_thread",
         "async def + unstall.to_thread",
+        "async def, no thread (awaits asyncio.sleep)",
     ):
         assert variant in rows, variant
         assert re.search(r"\| [\d,]+ +\| \d+\.\d\dx", rows[variant]), rows[variant]
     assert not re.search(r"\| (nan|inf|n/a)", out)
+    assert "cannot exceed 32 connections / 20 ms = 1,600 req/s" in out
     assert "Traceback" not in proc.stderr
 
 

@@ -124,6 +124,71 @@ def test_a_custom_limiter_governs_its_calls(either: str) -> None:
     assert borrowed == 1
 
 
+def test_a_call_in_a_cancelled_scope_never_runs_and_takes_no_token(either: str) -> None:
+    ran: list[str] = []
+
+    async def main() -> tuple[bool, float]:
+        limiter = anyio.CapacityLimiter(1)
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await anyio.to_thread.run_sync(ran.append, "ran", limiter=limiter)
+        return scope.cancelled_caught, limiter.borrowed_tokens
+
+    assert anyio.run(main) == (True, 0)
+    assert ran == []
+
+
+def test_calls_waiting_for_a_token_run_in_arrival_order_and_none_jumps_the_queue(
+    either: str,
+) -> None:
+    release = threading.Event()
+    order: list[str] = []
+
+    def work(name: str) -> None:
+        order.append(name)
+        if name == "first":
+            release.wait(SLACK_S)
+
+    async def main() -> None:
+        limiter = anyio.CapacityLimiter(1)
+        async with anyio.create_task_group() as tg:
+            for name in ("first", "second", "third"):
+                tg.start_soon(lambda n=name: anyio.to_thread.run_sync(work, n, limiter=limiter))
+                await anyio.sleep(0.01)
+            while limiter.statistics().tasks_waiting < 2:
+                await anyio.sleep(0.01)
+            release.set()
+            # Arrives while two calls wait for the token: it must run after both.
+            await anyio.to_thread.run_sync(work, "latecomer", limiter=limiter)
+
+    anyio.run(main)
+    assert order == ["first", "second", "third", "latecomer"]
+
+
+def test_a_cancelled_wait_for_a_token_and_a_failed_call_leave_no_token_taken(
+    either: str,
+) -> None:
+    release = threading.Event()
+
+    def fail() -> None:
+        raise ValueError("failed in the worker")
+
+    async def main() -> tuple[bool, float]:
+        limiter = anyio.CapacityLimiter(1)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: anyio.to_thread.run_sync(release.wait, SLACK_S, limiter=limiter))
+            while limiter.borrowed_tokens < 1:
+                await anyio.sleep(0.01)
+            with anyio.move_on_after(0.05) as scope:
+                await anyio.to_thread.run_sync(release.wait, SLACK_S, limiter=limiter)
+            release.set()
+        with pytest.raises(ValueError, match="failed in the worker"):
+            await anyio.to_thread.run_sync(fail, limiter=limiter)
+        return scope.cancelled_caught, limiter.borrowed_tokens
+
+    assert anyio.run(main) == (True, 0)
+
+
 def test_context_variables_reach_the_worker_and_sniffio_sees_no_library(either: str) -> None:
     def inside() -> tuple[str, str]:
         try:

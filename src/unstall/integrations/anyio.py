@@ -22,7 +22,10 @@ anyio's contract, kept as anyio's own implementation keeps it:
   runs; anyio stops its workers at the same point).
 
 What differs: the hand-off to the threads and back is unstall's (see the thread pool's
-notes); an abandoned call (``abandon_on_cancel=True``) that raises later is logged to the
+notes); a call is a cancellation point on entry (``checkpoint_if_cancelled``) and a
+scheduling point while it waits for its thread, without anyio's two extra ``sleep(0)``
+passes of the loop before the call is queued (``checkpoint()``, then the limiter's
+shielded checkpoint when a token is free); an abandoned call (``abandon_on_cancel=True``) that raises later is logged to the
 ``unstall`` logger rather than dropped; and two things keep a full pool from deadlocking:
 
 - The pool has no thread cap of its own, like anyio's: limiters are the only bound, so a
@@ -63,6 +66,7 @@ _claim_worker_thread: Any = None
 _set_current_async_library: Any = None
 _threadlocals: Any = None
 _find_root_task: Any = None
+_WouldBlock: Any = None
 
 
 class _LoopPool(ThreadPool):
@@ -187,7 +191,9 @@ class _Coroutine:
 
 def _backend() -> Any:
     global _claim_worker_thread, _set_current_async_library, _threadlocals, _find_root_task
+    global _WouldBlock
     try:
+        from anyio import WouldBlock
         from anyio._backends._asyncio import AsyncIOBackend, find_root_task
         from anyio._core import _eventloop
     except ImportError as exc:
@@ -204,6 +210,7 @@ def _backend() -> Any:
     _set_current_async_library = _eventloop.set_current_async_library
     _threadlocals = _eventloop.threadlocals
     _find_root_task = find_root_task
+    _WouldBlock = WouldBlock
     return AsyncIOBackend
 
 
@@ -253,7 +260,8 @@ async def _run_sync_in_worker_thread(
     abandon_on_cancel: bool = False,
     limiter: Any = None,
 ) -> Any:
-    await cls.checkpoint()
+    # Cancellation point on entry; the wait for the thread is the scheduling point.
+    await cls.checkpoint_if_cancelled()
     limiter = limiter or cls.current_default_thread_limiter()
     lender = _lender.get(None)
     if lender is not None and lender.lend(limiter):
@@ -262,8 +270,14 @@ async def _run_sync_in_worker_thread(
         finally:
             lender.lent = False
     else:
-        async with limiter:
+        try:
+            limiter.acquire_nowait()
+        except _WouldBlock:  # no token free, or others queued first: wait as anyio does
+            await limiter.acquire()
+        try:
             value = await _run_in_scope(cls, func, args, abandon_on_cancel, limiter)
+        finally:
+            limiter.release()
     if type(value) is _Coroutine:
         return value.value
     return value

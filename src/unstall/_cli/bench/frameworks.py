@@ -10,9 +10,12 @@ health route; Debian's ``wrk`` (another process, 127.0.0.1) drives it:
 
 Variants: default FastAPI (anyio's threads), FastAPI after
 ``unstall.integrations.anyio.install()``, and, for reference, ``async def`` routes
-offloading with ``asyncio.to_thread`` and with ``unstall.to_thread``. Variants run interleaved, round after round (the order
-rotates each round), each in a fresh server; every figure is the median of the rounds, so
-a noisy neighbour on a shared machine hits every variant alike.
+offloading with ``asyncio.to_thread`` and with ``unstall.to_thread``, and ``async def``
+routes that use no thread at all (the sleep is ``await asyncio.sleep``): what the same
+loop serves when offloading costs nothing, so no way of offloading can beat it. Variants
+run interleaved, round after round (the order rotates each round), each in a fresh
+server; every figure is the median of the rounds, so a noisy neighbour on a shared machine
+hits every variant alike.
 """
 
 from __future__ import annotations
@@ -29,12 +32,14 @@ from dataclasses import dataclass
 
 from unstall._cli.bench import BenchOptions, _timing
 from unstall._cli.bench._table import Table, fmt_ratio
+from unstall._cli.bench.frameworks_app import SLEEP_S
 
 LABELS = {
     "default": "default FastAPI (anyio threads)",
     "unstall": "unstall.integrations.anyio.install()",
     "asyncio": "async def + asyncio.to_thread",
     "to_thread": "async def + unstall.to_thread",
+    "no_thread": "async def, no thread (awaits asyncio.sleep)",
 }
 BASELINE = "default"
 SLEEP_CONNECTIONS = 32
@@ -199,6 +204,10 @@ def _table(results: dict[str, list[Round]], loop: str, rounds: int, duration: in
         f"variant in a fresh server process; wrk -t1 --latency from another process on "
         f"127.0.0.1; {os.cpu_count()} CPUs shared by the server, wrk and anything else running; "
         f"uvicorn's HTTP parser: {_http_parser()}"
+    )
+    table.notes.append(
+        f"the 20 ms route cannot exceed {SLEEP_CONNECTIONS} connections / "
+        f"{SLEEP_S * 1e3:.0f} ms = {SLEEP_CONNECTIONS / SLEEP_S:,.0f} req/s"
     )
     return table
 

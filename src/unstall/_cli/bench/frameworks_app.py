@@ -6,7 +6,9 @@
 - ``default``: FastAPI as shipped (``def`` routes on anyio's worker threads);
 - ``unstall``: the same app after ``unstall.integrations.anyio.install()``;
 - ``asyncio``: ``async def`` routes that offload with ``asyncio.to_thread``, for reference;
-- ``to_thread``: ``async def`` routes that offload with ``unstall.to_thread``, for reference.
+- ``to_thread``: ``async def`` routes that offload with ``unstall.to_thread``, for reference;
+- ``no_thread``: ``async def`` routes that offload nothing (``/sleep`` awaits
+  ``asyncio.sleep``): the most any way of offloading could reach on this loop.
 
 Routes: ``/sleep`` (20 ms of ``time.sleep``), ``/constant`` (returns a constant) and
 ``/health`` (``async def``, never offloads).
@@ -20,7 +22,7 @@ import sys
 import time
 from typing import Any
 
-VARIANTS = ("default", "unstall", "asyncio", "to_thread")
+VARIANTS = ("default", "unstall", "asyncio", "to_thread", "no_thread")
 SLEEP_S = 0.02
 
 
@@ -44,7 +46,9 @@ def make_app(variant: str) -> Any:
 
         unstall_anyio.install()
     app = FastAPI()
-    if variant in ("asyncio", "to_thread"):
+    if variant == "no_thread":
+        _no_thread_routes(app)
+    elif variant in ("asyncio", "to_thread"):
         if variant == "asyncio":
             offload = asyncio.to_thread
         else:
@@ -67,6 +71,18 @@ def make_app(variant: str) -> Any:
 
     app.get("/health")(health)
     return app
+
+
+def _no_thread_routes(app: Any) -> None:
+    async def sleep_awaited() -> dict[str, bool]:
+        await asyncio.sleep(SLEEP_S)
+        return {"ok": True}
+
+    async def constant_inline() -> dict[str, int]:
+        return _constant()
+
+    app.get("/sleep")(sleep_awaited)
+    app.get("/constant")(constant_inline)
 
 
 def main(argv: list[str]) -> int:
