@@ -439,6 +439,19 @@ def test_sequential_calls_from_one_loop_run_on_one_thread(installed: None) -> No
     assert ident != threading.get_ident()
 
 
+def test_every_call_a_reused_thread_runs_can_reach_its_loop(installed: None) -> None:
+    # The thread is claimed for its loop once, at its first call: later calls find it too.
+    def call_back() -> tuple[int, str]:
+        return threading.get_ident(), anyio.from_thread.run_sync(sniffio.current_async_library)
+
+    async def main() -> set[tuple[int, str]]:
+        return {await anyio.to_thread.run_sync(call_back) for _ in range(5)}
+
+    for _ in range(2):  # a second loop: new threads, claimed for that loop
+        ((ident, library),) = anyio.run(main)
+        assert library == "asyncio"
+
+
 @pytest.mark.parametrize("use_uvloop", [False, True], ids=["asyncio", "uvloop"])
 def test_a_loops_threads_exit_when_its_root_task_ends(installed: None, use_uvloop: bool) -> None:
     if use_uvloop:
@@ -486,7 +499,7 @@ def test_a_thread_whose_call_was_abandoned_takes_the_next_call(installed: None) 
         return threading.current_thread()
 
     async def main() -> tuple[threading.Thread, threading.Thread]:
-        pool = unstall_anyio._loop_pool(asyncio.get_running_loop())
+        pool = unstall_anyio._loop_threads(asyncio.get_running_loop()).pool
         first = await anyio.to_thread.run_sync(threading.current_thread)
         with anyio.CancelScope() as scope:
             async with anyio.create_task_group() as tg:

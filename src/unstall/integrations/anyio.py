@@ -10,8 +10,8 @@ anyio's contract, kept as anyio's own implementation keeps it:
   ``anyio.to_thread.current_default_thread_limiter()`` (40 tokens) before it is queued;
 - cancellation: the call runs in a cancel scope shielded unless ``abandon_on_cancel``;
   ``anyio.from_thread.check_cancelled()`` sees the same scope anyio's worker would;
-- ``anyio.from_thread.run`` / ``run_sync`` work inside the call (the worker carries the
-  loop's token while it runs the call);
+- ``anyio.from_thread.run`` / ``run_sync`` work inside the call (a worker thread carries
+  its loop's token from its first call on, as anyio's workers do);
 - the caller's context variables are copied in, and ``sniffio`` sees no async library;
 - a returned value is returned as is (a coroutine too), an exception is re-raised with
   the worker's frames, ``StopIteration`` becomes ``RuntimeError`` as in anyio.
@@ -76,13 +76,15 @@ class _LoopPool(ThreadPool):
 
 
 class _LoopThreads:
-    """An event loop's pool, shut down when the loop's root task ends."""
+    """An event loop's pool, shut down when the loop's root task ends, and its default
+    limiter (anyio keeps one per loop; looked up once, it is the same object)."""
 
-    __slots__ = ("loop_ref", "pool")
+    __slots__ = ("default_limiter", "loop_ref", "pool")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop_ref = weakref.ref(loop)
         self.pool = _LoopPool(_NO_THREAD_CAP, name="unstall-anyio")
+        self.default_limiter: Any = None
 
     def close(self, _task: object = None) -> None:
         """Let the threads go: idle ones exit now, busy ones when their call ends."""
@@ -105,12 +107,12 @@ _last: _LoopThreads | None = None  # the pool of the loop that offloaded last
 _started_before = 0  # threads started by pools that were closed since
 
 
-def _loop_pool(loop: asyncio.AbstractEventLoop) -> ThreadPool:
-    """The pool of ``loop``, created on its first call (on the loop's thread)."""
+def _loop_threads(loop: asyncio.AbstractEventLoop) -> _LoopThreads:
+    """The threads of ``loop``, created on its first call (on the loop's thread)."""
     global _last
     last = _last
     if last is not None and last.loop_ref() is loop:
-        return last.pool
+        return last
     with _lock:
         threads = _by_loop.get(loop)
         if threads is None:
@@ -123,7 +125,7 @@ def _loop_pool(loop: asyncio.AbstractEventLoop) -> ThreadPool:
         # As anyio: the threads are let go when the root task ends. Its own context, so
         # the callback keeps no caller's context alive.
         _find_root_task().add_done_callback(threads.close, context=contextvars.Context())
-    return threads.pool
+    return threads
 
 
 def _close_all() -> None:
@@ -262,41 +264,37 @@ async def _run_sync_in_worker_thread(
 ) -> Any:
     # Cancellation point on entry; the wait for the thread is the scheduling point.
     await cls.checkpoint_if_cancelled()
-    limiter = limiter or cls.current_default_thread_limiter()
+    loop = asyncio.get_running_loop()
+    threads = _loop_threads(loop)
+    if limiter is None:
+        limiter = threads.default_limiter
+        if limiter is None:
+            limiter = threads.default_limiter = cls.current_default_thread_limiter()
     lender = _lender.get(None)
-    if lender is not None and lender.lend(limiter):
-        try:
-            value = await _run_in_scope(cls, func, args, abandon_on_cancel, limiter)
-        finally:
-            lender.lent = False
-    else:
+    borrowed = lender is not None and lender.lend(limiter)
+    if not borrowed:
         try:
             limiter.acquire_nowait()
         except _WouldBlock:  # no token free, or others queued first: wait as anyio does
             await limiter.acquire()
-        try:
-            value = await _run_in_scope(cls, func, args, abandon_on_cancel, limiter)
-        finally:
+    try:
+        with cls.create_cancel_scope(shield=not abandon_on_cancel) as scope:
+            # What check_cancelled() inspects, as anyio's worker: the caller's scope unless
+            # the call may be abandoned.
+            parent = scope._parent_scope
+            worker_scope = scope if abandon_on_cancel or parent is None else parent
+            job = _InWorker(cls, loop, worker_scope, limiter, func, args)
+            # cancel="abandon": a shielded scope is never cancelled by anyio, and a native
+            # task.cancel() abandons the thread in anyio too.
+            value = await threads.pool.submit(job, (), _NO_KWARGS)
+    finally:
+        if borrowed:
+            lender.lent = False  # type: ignore[union-attr]
+        else:
             limiter.release()
     if type(value) is _Coroutine:
         return value.value
     return value
-
-
-async def _run_in_scope(
-    cls: Any, func: Callable[..., Any], args: tuple[Any, ...], abandon_on_cancel: bool, limiter: Any
-) -> Any:
-    with cls.create_cancel_scope(shield=not abandon_on_cancel) as scope:
-        # What check_cancelled() inspects, as anyio's worker: the caller's scope unless the
-        # call may be abandoned.
-        parent = scope._parent_scope
-        worker_scope = scope if abandon_on_cancel or parent is None else parent
-        loop = asyncio.get_running_loop()
-        # cancel="abandon": a shielded scope is never cancelled by anyio, and a native
-        # task.cancel() abandons the thread in anyio too.
-        pool = _loop_pool(loop)
-        job = _InWorker(cls, loop, worker_scope, limiter, func, args)
-        return await pool.submit(job, (), _NO_KWARGS)
 
 
 class _InWorker:
@@ -328,9 +326,10 @@ class _InWorker:
         threadlocals.current_cancel_scope = self.scope
         lender = _Lender(self.limiter)
         _lender.set(lender)
+        if _claimed.__dict__.get("loop") is not self.loop:
+            _claim(self.cls, self.loop)
         try:
-            with _claim_worker_thread(self.cls, self.loop):
-                value = self.func(*self.args)
+            value = self.func(*self.args)
         except StopIteration as exc:
             raise RuntimeError("coroutine raised StopIteration") from exc
         finally:
@@ -339,6 +338,25 @@ class _InWorker:
         if type(value) is types.CoroutineType:
             return _Coroutine(value)
         return value
+
+
+# The loop this thread is claimed for (a loop's pool serves that loop only).
+_claimed = threading.local()
+
+
+def _claim(cls: Any, loop: asyncio.AbstractEventLoop) -> None:
+    """Make this thread a worker of ``loop`` for the rest of its life, as anyio's worker
+    threads are (``anyio.from_thread`` finds the loop through the token). Claiming per call
+    instead costs the worker more than the rest of the hand-off."""
+    with _claim_worker_thread(cls, loop):
+        token = getattr(_threadlocals, "current_token", None)
+    if token is None:
+        raise RuntimeError(
+            "this anyio version keeps no current_token for its worker threads: "
+            "unstall.integrations.anyio cannot hook into it"
+        )
+    _threadlocals.current_token = token
+    _claimed.loop = loop
 
 
 _REPLACEMENT = classmethod(_run_sync_in_worker_thread)

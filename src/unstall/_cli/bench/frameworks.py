@@ -206,6 +206,10 @@ def _table(results: dict[str, list[Round]], loop: str, rounds: int, duration: in
         f"uvicorn's HTTP parser: {_http_parser()}"
     )
     table.notes.append(
+        "each server calls gc.freeze() once its app is built (what `unstall run` advises "
+        "for the full collections it finds there)"
+    )
+    table.notes.append(
         f"the 20 ms route cannot exceed {SLEEP_CONNECTIONS} connections / "
         f"{SLEEP_S * 1e3:.0f} ms = {SLEEP_CONNECTIONS / SLEEP_S:,.0f} req/s"
     )
