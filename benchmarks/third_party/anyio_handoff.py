@@ -2,8 +2,8 @@
 ``unstall.integrations.anyio.install()`` (not part of ``unstall bench``).
 
 Each round runs, for every variant in turn (the order rotates between rounds), one
-``anyio.run`` of 64 tasks each calling ``anyio.to_thread.run_sync`` of a trivial function
-(64 calls in flight) and one of a single task calling it again and again (sequential
+``anyio.run`` of 64 tasks (``--in-flight N``) each calling ``anyio.to_thread.run_sync`` of
+a trivial function, and one of a single task calling it again and again (sequential
 calls). Calls/s are printed per round, then the medians.
 
 Variants: ``anyio`` (anyio's own threads), ``unstall`` (this checkout's integration) and,
@@ -28,7 +28,7 @@ import anyio.to_thread
 
 from unstall.integrations import anyio as unstall_anyio
 
-IN_FLIGHT = 64
+IN_FLIGHT = 64  # the default of --in-flight
 
 
 def _load(path: str) -> ModuleType:
@@ -44,8 +44,8 @@ def _nothing() -> None:
     return None
 
 
-async def _in_flight(calls: int) -> float:
-    per_task = calls // IN_FLIGHT
+async def _in_flight(calls: int, in_flight: int) -> float:
+    per_task = calls // in_flight
     start = time.perf_counter()
 
     async def one() -> None:
@@ -53,9 +53,9 @@ async def _in_flight(calls: int) -> float:
             await anyio.to_thread.run_sync(_nothing)
 
     async with anyio.create_task_group() as tg:
-        for _ in range(IN_FLIGHT):
+        for _ in range(in_flight):
             tg.start_soon(one)
-    return per_task * IN_FLIGHT / (time.perf_counter() - start)
+    return per_task * in_flight / (time.perf_counter() - start)
 
 
 async def _sequential(calls: int) -> float:
@@ -65,11 +65,11 @@ async def _sequential(calls: int) -> float:
     return calls / (time.perf_counter() - start)
 
 
-def _measure(integration: Any, calls: int) -> tuple[float, float]:
+def _measure(integration: Any, calls: int, in_flight: int) -> tuple[float, float]:
     if integration is not None:
         integration.install()
     try:
-        return anyio.run(_in_flight, calls), anyio.run(_sequential, calls // 4)
+        return anyio.run(_in_flight, calls, in_flight), anyio.run(_sequential, calls // 4)
     finally:
         if integration is not None:
             integration.uninstall()
@@ -79,6 +79,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--calls", type=int, default=32_000)
+    parser.add_argument(
+        "--in-flight",
+        type=int,
+        default=IN_FLIGHT,
+        help="calls in flight at once (anyio's default limiter has 40 tokens: more than 40 "
+        "measures calls queueing for a token too)",
+    )
     parser.add_argument("--before", help="path of an earlier integration module to compare")
     args = parser.parse_args()
     variants: dict[str, Any] = {"anyio": None, "unstall": unstall_anyio}
@@ -89,12 +96,12 @@ def main() -> None:
     for round_ in range(args.rounds):
         order = names[round_ % len(names) :] + names[: round_ % len(names)]
         for name in order:
-            results[name].append(_measure(variants[name], args.calls))
+            results[name].append(_measure(variants[name], args.calls, args.in_flight))
         print(
             f"round {round_ + 1}: "
             + ", ".join(f"{n} {results[n][-1][0]:,.0f}/{results[n][-1][1]:,.0f}" for n in names)
         )
-    print(f"\nmedian calls/s over {args.rounds} rounds ({IN_FLIGHT} in flight / sequential):")
+    print(f"\nmedian calls/s over {args.rounds} rounds ({args.in_flight} in flight / sequential):")
     for name in names:
         burst = statistics.median(r[0] for r in results[name])
         seq = statistics.median(r[1] for r in results[name])

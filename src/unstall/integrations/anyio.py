@@ -23,10 +23,11 @@ anyio's contract, kept as anyio's own implementation keeps it:
 
 What differs: the hand-off to the threads and back is unstall's (see the thread pool's
 notes); a call is a cancellation point on entry (``checkpoint_if_cancelled``) and a
-scheduling point while it waits for its thread, without anyio's two extra ``sleep(0)``
-passes of the loop before the call is queued (``checkpoint()``, then the limiter's
-shielded checkpoint when a token is free); an abandoned call (``abandon_on_cancel=True``) that raises later is logged to the
-``unstall`` logger rather than dropped; and two things keep a full pool from deadlocking:
+scheduling point while it waits for its thread, without anyio's two extra turns of the
+loop before the call is queued (``checkpoint()``, then the limiter's shielded checkpoint
+when a token is free); an abandoned call (``abandon_on_cancel=True``) that raises later
+is logged to the ``unstall`` logger rather than dropped; and two things keep a full pool
+from deadlocking:
 
 - The pool has no thread cap of its own, like anyio's: limiters are the only bound, so a
   call holding its own limiter (FastAPI runs a ``yield`` dependency's cleanup that way)
@@ -271,8 +272,9 @@ async def _run_sync_in_worker_thread(
         if limiter is None:
             limiter = threads.default_limiter = cls.current_default_thread_limiter()
     lender = _lender.get(None)
-    borrowed = lender is not None and lender.lend(limiter)
-    if not borrowed:
+    if lender is not None and not lender.lend(limiter):
+        lender = None  # not borrowing: take a token of our own
+    if lender is None:
         try:
             limiter.acquire_nowait()
         except _WouldBlock:  # no token free, or others queued first: wait as anyio does
@@ -288,10 +290,10 @@ async def _run_sync_in_worker_thread(
             # task.cancel() abandons the thread in anyio too.
             value = await threads.pool.submit(job, (), _NO_KWARGS)
     finally:
-        if borrowed:
-            lender.lent = False  # type: ignore[union-attr]
-        else:
+        if lender is None:
             limiter.release()
+        else:
+            lender.lent = False
     if type(value) is _Coroutine:
         return value.value
     return value
