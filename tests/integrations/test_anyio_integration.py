@@ -449,6 +449,7 @@ def test_every_call_a_reused_thread_runs_can_reach_its_loop(installed: None) -> 
 
     for _ in range(2):  # a second loop: new threads, claimed for that loop
         ((ident, library),) = anyio.run(main)
+        assert ident != threading.get_ident()
         assert library == "asyncio"
 
 
